@@ -1,0 +1,262 @@
+//! Forwarding to the upstream: header rewriting, the pooled client, and
+//! protocol upgrades (WebSocket) spliced both ways.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::config::{BaseUrl, Config};
+use crate::error::ProxyError;
+
+/// Headers that a client may use to make a framework treat a request as another method.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] =
+    ["x-http-method-override", "x-method-override", "x-http-method"];
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1 and common legacy ones): they
+/// describe one connection and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// The pooled client to the one configured upstream.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    base: BaseUrl,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client; no connection is made until the first request.
+    pub fn new(config: &Config) -> Self {
+        let settings = &config.settings.upstream;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(settings.pool_idle_timeout_secs))
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Self {
+            client,
+            base: config.upstream.clone(),
+            response_timeout: Duration::from_millis(settings.response_timeout_ms),
+        }
+    }
+
+    /// The absolute upstream URI for a canonical path and the client's query.
+    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Uri {
+        let mut pq = String::with_capacity(self.base.path_prefix.len() + path.len() + 32);
+        pq.push_str(&self.base.path_prefix);
+        pq.push_str(path);
+        if let Some(query) = query {
+            pq.push('?');
+            pq.push_str(query);
+        }
+        Uri::builder()
+            .scheme(self.base.scheme.clone())
+            .authority(self.base.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .expect("canonical path and validated query form a valid URI")
+    }
+
+    /// Sends a prepared request and waits for the response head.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let pending = self.client.request(request);
+        match tokio::time::timeout(self.response_timeout, pending).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(
+                self.response_timeout.as_millis() as u64
+            )),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::warn!(error = %e, "upstream connect failed");
+                Err(ProxyError::UpstreamUnreachable)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upstream request failed");
+                Err(ProxyError::UpstreamFailed)
+            }
+            Ok(Ok(response)) => Ok(response.map(Body::new)),
+        }
+    }
+}
+
+/// True for an HTTP/1.1 request asking to switch protocols (e.g. WebSocket).
+pub fn is_upgrade(headers: &HeaderMap, version: Version) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Who the client was and how it reached us, for the X-Forwarded-* headers.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the client connection used TLS.
+    pub tls: bool,
+}
+
+/// Rewrites a client request's headers for the upstream: hop-by-hop headers and
+/// method overrides removed, Host left to the client (it sets the upstream's),
+/// X-Forwarded-For/-Proto/-Host added. Upgrade requests keep their Upgrade header.
+pub fn prepare_headers(headers: &mut HeaderMap, client: ClientInfo, host: Option<HeaderValue>, upgrade: bool) {
+    let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+    strip_hop_by_hop(headers);
+    headers.remove(header::UPGRADE);
+    headers.remove(header::EXPECT);
+    headers.remove(header::HOST);
+    for name in METHOD_OVERRIDE_HEADERS {
+        headers.remove(name);
+    }
+    if let Some(value) = upgrade_value {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, value);
+    }
+    let ip = client.peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+    );
+    match host {
+        Some(host) => {
+            headers.insert("x-forwarded-host", host);
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
+    }
+}
+
+/// Cleans an upstream response for the client: hop-by-hop headers removed
+/// (the client connection has its own framing), everything else unchanged.
+pub fn prepare_response(response: &mut Response<Body>) {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upgrade = response.headers().get(header::UPGRADE).cloned();
+        strip_hop_by_hop(response.headers_mut());
+        if let Some(upgrade) = upgrade {
+            let headers = response.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, upgrade);
+        }
+    } else {
+        strip_hop_by_hop(response.headers_mut());
+    }
+}
+
+/// Splices an upgraded client connection to the upgraded upstream connection
+/// until either side closes.
+pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "upgraded connection closed"),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection failed"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientInfo {
+        ClientInfo {
+            peer: "10.1.2.3:5555".parse().unwrap(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, X-Secret-Hop".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("x-http-method-override", "DELETE".parse().unwrap());
+        h.insert(header::EXPECT, "100-continue".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "Bearer t".parse().unwrap());
+        h.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        prepare_headers(&mut h, client(), Some("proxy.example".parse().unwrap()), false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["authorization", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "proxy.example");
+    }
+
+    #[test]
+    fn upgrade_requests_keep_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(is_upgrade(&h, Version::HTTP_11));
+        assert!(!is_upgrade(&h, Version::HTTP_2));
+        prepare_headers(&mut h, client(), None, true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
+}

@@ -1,0 +1,19 @@
+//! guestgate: a reverse proxy that makes guest chat messages acceptable to the
+//! vendor API (no client `id`, a configured `to`) and passes everything else
+//! through untouched.
+//!
+//! The binary is a thin CLI over this library; tests drive the library.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod forward;
+pub mod proxy;
+pub mod routing;
+pub mod sanitize;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{Running, start};

@@ -1,0 +1,314 @@
+//! Path canonicalization and route matching.
+//!
+//! The guest messages route must be recognised however a client spells it, or
+//! a client could dodge the sanitizer with `//`, `%2e%2e`, `;x` or `MESSAGES`
+//! while the upstream still routes the request to the same handler. Every
+//! request path is therefore reduced to one canonical form (RFC 3986 section 6
+//! normalization plus a few rules of our own, documented in the README), the
+//! route is matched on that form, and the upstream receives exactly that form.
+
+use std::fmt::Write;
+
+/// Why a request target is refused (400) instead of guessed at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// `%` not followed by two hex digits.
+    #[error("invalid percent-encoding in path")]
+    InvalidPercentEncoding,
+    /// `%2F` or `%5C`: some servers split on them, some do not.
+    #[error("encoded '/' or '\\' in path")]
+    EncodedSeparator,
+    /// A raw `\`, which some servers treat as `/`.
+    #[error("backslash in path")]
+    Backslash,
+    /// A control character or a byte that is not allowed in a URI path.
+    #[error("invalid character in path")]
+    InvalidCharacter,
+    /// Absolute-form (`http://host/p`), authority-form or asterisk-form target.
+    #[error("request target must be a path (origin-form)")]
+    NotOriginForm,
+}
+
+/// One path segment in canonical spelling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Segment {
+    /// Canonical text, including any `;parameters`.
+    text: String,
+    /// Length of the part before the first `;`.
+    bare_len: usize,
+}
+
+impl Segment {
+    fn bare(&self) -> &str {
+        &self.text[..self.bare_len]
+    }
+}
+
+/// A path in canonical form: percent-encoded unreserved characters decoded,
+/// other escapes upper-cased, dot segments resolved, empty segments removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    segments: Vec<Segment>,
+    trailing_slash: bool,
+}
+
+impl CanonicalPath {
+    /// Canonicalizes a raw origin-form path (without the query).
+    pub fn parse(raw: &str) -> Result<Self, PathError> {
+        if !raw.starts_with('/') {
+            return Err(PathError::NotOriginForm);
+        }
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut trailing_slash = false;
+        for raw_segment in raw[1..].split('/') {
+            let text = normalize_segment(raw_segment)?;
+            trailing_slash = false;
+            match text.as_str() {
+                "" => trailing_slash = true,
+                "." => trailing_slash = true,
+                ".." => {
+                    segments.pop();
+                    trailing_slash = true;
+                }
+                _ => {
+                    let bare_len = text.find(';').unwrap_or(text.len());
+                    segments.push(Segment { text, bare_len });
+                }
+            }
+        }
+        let trailing_slash = trailing_slash && !segments.is_empty();
+        Ok(Self {
+            segments,
+            trailing_slash,
+        })
+    }
+
+    /// The canonical path as forwarded for a pass-through request.
+    pub fn as_path(&self) -> String {
+        let mut out = String::with_capacity(64);
+        for segment in &self.segments {
+            out.push('/');
+            out.push_str(&segment.text);
+        }
+        if self.segments.is_empty() || self.trailing_slash {
+            out.push('/');
+        }
+        out
+    }
+}
+
+/// RFC 3986 unreserved characters: decoding them never changes meaning.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Characters allowed raw in a path segment (pchar minus `%`).
+fn is_pchar(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+        )
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+fn normalize_segment(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(PathError::InvalidPercentEncoding);
+                };
+                let decoded = hi << 4 | lo;
+                if decoded == b'/' || decoded == b'\\' {
+                    return Err(PathError::EncodedSeparator);
+                }
+                if is_unreserved(decoded) {
+                    out.push(decoded as char);
+                } else {
+                    let _ = write!(out, "%{decoded:02X}");
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            _ if is_pchar(b) => {
+                out.push(b as char);
+                i += 1;
+            }
+            _ => return Err(PathError::InvalidCharacter),
+        }
+    }
+    Ok(out)
+}
+
+/// One segment of a route template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplateSegment {
+    /// Matched ASCII case-insensitively.
+    Literal(String),
+    /// `{name}`: any one non-empty segment.
+    Param,
+}
+
+/// A configured route such as
+/// `/api/v2/conversations/messaging/guest/conversations/{conversationId}/messages`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTemplate {
+    segments: Vec<TemplateSegment>,
+}
+
+/// Why a configured route template is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(String);
+
+impl RouteTemplate {
+    /// Parses a template; literals must already be in canonical form.
+    pub fn parse(template: &str) -> Result<Self, TemplateError> {
+        let Some(rest) = template.strip_prefix('/') else {
+            return Err(TemplateError("must start with '/'".into()));
+        };
+        let segments = rest
+            .split('/')
+            .map(|s| {
+                if s.starts_with('{') && s.ends_with('}') && s.len() > 2 {
+                    return Ok(TemplateSegment::Param);
+                }
+                let canonical = normalize_segment(s).ok();
+                if s.is_empty() || s == "." || s == ".." || s.contains(['{', '}', ';']) || canonical.as_deref() != Some(s) {
+                    return Err(TemplateError(format!(
+                        "segment {s:?} is not a plain path segment or a {{parameter}}"
+                    )));
+                }
+                Ok(TemplateSegment::Literal(s.to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { segments })
+    }
+
+    /// If `path` is this route (ignoring letter case of literals, `;parameters`
+    /// and a trailing slash), the exact path to forward: the template's own
+    /// spelling with the captured parameters.
+    pub fn matches(&self, path: &CanonicalPath) -> Option<String> {
+        if path.segments.len() != self.segments.len() {
+            return None;
+        }
+        let mut out = String::with_capacity(96);
+        for (template, segment) in self.segments.iter().zip(&path.segments) {
+            let bare = segment.bare();
+            match template {
+                TemplateSegment::Literal(literal) if literal.eq_ignore_ascii_case(bare) => {
+                    out.push('/');
+                    out.push_str(literal);
+                }
+                TemplateSegment::Param if !bare.is_empty() => {
+                    out.push('/');
+                    out.push_str(bare);
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = "/api/v2/conversations/messaging/guest/conversations/{conversationId}/messages";
+    const CANON: &str = "/api/v2/conversations/messaging/guest/conversations/c-1/messages";
+
+    fn route_of(raw: &str) -> Result<Option<String>, PathError> {
+        let template = RouteTemplate::parse(ROUTE).unwrap();
+        CanonicalPath::parse(raw).map(|p| template.matches(&p))
+    }
+
+    #[test]
+    fn every_spelling_of_the_route_matches_and_forwards_canonically() {
+        for raw in [
+            CANON,
+            "/api/v2/conversations/messaging/guest/conversations/c-1/messages/",
+            "//api///v2/conversations/messaging/guest/conversations/c-1/messages",
+            "/api/v2/./conversations/messaging/guest/x/../conversations/c-1/messages",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/%6d%65ssages",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/%6D%65ssages",
+            "/API/V2/Conversations/MESSAGING/guest/conversations/c-1/Messages",
+            "/api/v2/conversations;x=1/messaging/guest/conversations/c-1/messages;jsessionid=2",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/messages/.",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/messages/x/..",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/%2e/messages",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/%2E%2E/c-1/messages",
+            "/../api/v2/conversations/messaging/guest/conversations/c-1/messages",
+            "/api/v2/conversations/messaging/guest/conversations/%63-1/messages",
+        ] {
+            assert_eq!(route_of(raw), Ok(Some(CANON.to_owned())), "{raw}");
+        }
+    }
+
+    #[test]
+    fn other_paths_do_not_match() {
+        for raw in [
+            "/api/v2/conversations/messaging/guest/conversations/c-1",
+            "/api/v2/conversations/messaging/guest/conversations//messages",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/messages/m-1",
+            "/api/v2/webchat/guest/conversations/c-1/messages",
+            "/",
+        ] {
+            assert_eq!(route_of(raw), Ok(None), "{raw}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_spellings_are_refused() {
+        assert_eq!(route_of("/a%2Fb"), Err(PathError::EncodedSeparator));
+        assert_eq!(route_of("/a%2fb"), Err(PathError::EncodedSeparator));
+        assert_eq!(route_of("/a%5cb"), Err(PathError::EncodedSeparator));
+        assert_eq!(route_of("/a\\b"), Err(PathError::Backslash));
+        assert_eq!(route_of("/a%zz"), Err(PathError::InvalidPercentEncoding));
+        assert_eq!(route_of("/a%4"), Err(PathError::InvalidPercentEncoding));
+        assert_eq!(route_of("/a b"), Err(PathError::InvalidCharacter));
+        assert_eq!(route_of("*"), Err(PathError::NotOriginForm));
+        assert_eq!(route_of("http://x/a"), Err(PathError::NotOriginForm));
+    }
+
+    #[test]
+    fn pass_through_paths_keep_their_shape_in_canonical_form() {
+        let canon = |raw: &str| CanonicalPath::parse(raw).unwrap().as_path();
+        assert_eq!(canon("/"), "/");
+        assert_eq!(canon("//"), "/");
+        assert_eq!(canon("/a/b/"), "/a/b/");
+        assert_eq!(canon("/a/./b/../c"), "/a/c");
+        assert_eq!(canon("/a/%7e%41%3b%c3%a9"), "/a/~A%3B%C3%A9");
+        assert_eq!(canon("/a;p=1/b"), "/a;p=1/b");
+        assert_eq!(canon("/a/.."), "/");
+    }
+
+    #[test]
+    fn canonical_form_is_a_fixed_point() {
+        for raw in ["/a//b/./c/../%41%2e%3a/", "/x;y/%C3%A9", "/.."] {
+            let once = CanonicalPath::parse(raw).unwrap().as_path();
+            let twice = CanonicalPath::parse(&once).unwrap().as_path();
+            assert_eq!(once, twice);
+        }
+    }
+
+    #[test]
+    fn templates_are_validated() {
+        assert!(RouteTemplate::parse(ROUTE).is_ok());
+        assert!(RouteTemplate::parse("no-slash").is_err());
+        assert!(RouteTemplate::parse("/a//b").is_err());
+        assert!(RouteTemplate::parse("/a/%41").is_err());
+        assert!(RouteTemplate::parse("/a/{}").is_err());
+    }
+}

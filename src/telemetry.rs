@@ -1,0 +1,103 @@
+//! Logging set-up and per-request identity.
+//!
+//! Log lines carry a request id, the route kind, status and latency, and the
+//! names of fields changed; never header values, query strings or bodies,
+//! which hold tokens and message text.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use http::HeaderValue;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+
+/// The header carrying the request id to the upstream and back to the client.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Installs the global subscriber; `RUST_LOG` wins over `log.level`.
+/// Calling it twice is harmless (tests start several proxies).
+pub fn init(settings: &LogSettings) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = match settings.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The id of one request, as an extension for handlers that want it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// A client id is kept when it is short and made of safe characters, so it
+/// can go into logs and upstream headers without escaping.
+fn is_sane(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    (1..=128).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='))
+}
+
+/// A process-unique id: a random per-process prefix and a counter.
+fn generate() -> HeaderValue {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        hasher.write_u32(std::process::id());
+        format!("{:016x}", hasher.finish())
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix}-{n:x}")).expect("hex is a valid header value")
+}
+
+/// Middleware: keeps a sane incoming `X-Request-Id` or sets a new one, sends it
+/// upstream, returns it to the client, and opens the request's log span.
+pub async fn request_span(mut request: Request, next: Next) -> Response {
+    let id = match request.headers().get(REQUEST_ID) {
+        Some(value) if is_sane(value) => value.clone(),
+        _ => generate(),
+    };
+    request.headers_mut().insert(REQUEST_ID, id.clone());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id.to_str().unwrap_or_default(),
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let started = std::time::Instant::now();
+    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    response.headers_mut().insert(REQUEST_ID, id);
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_kept_only_when_sane() {
+        assert!(is_sane(&HeaderValue::from_static("abc-123_X.y:z")));
+        assert!(!is_sane(&HeaderValue::from_static("")));
+        assert!(!is_sane(&HeaderValue::from_static("has space")));
+        assert!(!is_sane(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+        let (a, b) = (generate(), generate());
+        assert_ne!(a, b);
+        assert!(is_sane(&a));
+    }
+}
