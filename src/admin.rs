@@ -10,5 +10,7 @@ use crate::proxy::AppState;
 
 /// Routes of the admin listener.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" })).with_state(state)
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
 }

@@ -269,12 +269,30 @@ impl Config {
             Some(map) => Some(Value::Object(map.clone())),
         };
         for (name, value) in [
-            ("server.max_body_bytes", settings.server.max_body_bytes as u64),
-            ("server.max_connections", settings.server.max_connections as u64),
-            ("server.header_read_timeout_ms", settings.server.header_read_timeout_ms),
-            ("server.body_read_timeout_ms", settings.server.body_read_timeout_ms),
-            ("upstream.connect_timeout_ms", settings.upstream.connect_timeout_ms),
-            ("upstream.response_timeout_ms", settings.upstream.response_timeout_ms),
+            (
+                "server.max_body_bytes",
+                settings.server.max_body_bytes as u64,
+            ),
+            (
+                "server.max_connections",
+                settings.server.max_connections as u64,
+            ),
+            (
+                "server.header_read_timeout_ms",
+                settings.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                settings.server.body_read_timeout_ms,
+            ),
+            (
+                "upstream.connect_timeout_ms",
+                settings.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.response_timeout_ms",
+                settings.upstream.response_timeout_ms,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name}: must be greater than 0"));
@@ -284,7 +302,10 @@ impl Config {
             problems.push("server.max_header_bytes: must be at least 8192".into());
         }
         if settings.guest_messages.strip.iter().any(|k| k == "to") {
-            problems.push("guest_messages.strip: must not contain \"to\", which is set by guest_messages.to".into());
+            problems.push(
+                "guest_messages.strip: must not contain \"to\", which is set by guest_messages.to"
+                    .into(),
+            );
         }
         match (listen, upstream, route, to) {
             (Some(listen), Some(upstream), Some(route), Some(to)) if problems.is_empty() => {
@@ -336,7 +357,11 @@ fn parse_addr(name: &str, value: &str, problems: &mut Vec<String>) -> Option<Soc
     value
         .trim()
         .parse()
-        .map_err(|_| problems.push(format!("{name}: {value:?} is not an address like 127.0.0.1:8080 or [::1]:8080")))
+        .map_err(|_| {
+            problems.push(format!(
+                "{name}: {value:?} is not an address like 127.0.0.1:8080 or [::1]:8080"
+            ))
+        })
         .ok()
 }
 
@@ -386,7 +411,10 @@ mod tests {
             None,
             env(&[
                 ("GUESTGATE__SERVER__LISTEN", "127.0.0.1:9000"),
-                ("GUESTGATE__UPSTREAM__BASE_URL", "http://127.0.0.1:7000/prefix/"),
+                (
+                    "GUESTGATE__UPSTREAM__BASE_URL",
+                    "http://127.0.0.1:7000/prefix/",
+                ),
                 ("GUESTGATE__GUEST_MESSAGES__TO__ID", "12345"),
                 ("GUESTGATE__GUEST_MESSAGES__TO_POLICY", "if_missing"),
                 ("GUESTGATE__GUEST_MESSAGES__STRIP", "id, clientId"),
@@ -396,7 +424,10 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(config.upstream.path_prefix, "/prefix");
         assert_eq!(config.policy.to(), &serde_json::json!({"id": "12345"}));
-        assert_eq!(config.settings.guest_messages.to_policy, ToPolicy::IfMissing);
+        assert_eq!(
+            config.settings.guest_messages.to_policy,
+            ToPolicy::IfMissing
+        );
         assert_eq!(config.settings.guest_messages.strip, ["id", "clientId"]);
         assert_eq!(config.settings.server.max_body_bytes, 65536);
     }
@@ -405,7 +436,10 @@ mod tests {
     fn missing_to_names_the_setting() {
         let err = Config::load_with_env(None, env(&[])).unwrap_err();
         assert_eq!(err.problems.len(), 1);
-        assert!(err.problems[0].starts_with("guest_messages.to: required"), "{err}");
+        assert!(
+            err.problems[0].starts_with("guest_messages.to: required"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -437,7 +471,10 @@ mod tests {
             ]),
         )
         .unwrap_err();
-        assert!(err.problems[0].starts_with("server.max_body_bytes: "), "{err}");
+        assert!(
+            err.problems[0].starts_with("server.max_body_bytes: "),
+            "{err}"
+        );
         let err = Config::load_with_env(
             None,
             env(&[
@@ -446,7 +483,10 @@ mod tests {
             ]),
         )
         .unwrap_err();
-        assert!(err.problems[0].starts_with("server: unknown field `listn`"), "{err}");
+        assert!(
+            err.problems[0].starts_with("server: unknown field `listn`"),
+            "{err}"
+        );
     }
 
     #[test]

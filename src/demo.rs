@@ -29,7 +29,9 @@ pub async fn start_echo_upstream() -> std::io::Result<SocketAddr> {
 
 async fn echo(request: Request) -> Json<Value> {
     let (parts, body) = request.into_parts();
-    let body: Bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let body: Bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
     let headers: serde_json::Map<String, Value> = parts
         .headers
         .iter()

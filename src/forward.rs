@@ -16,8 +16,11 @@ use crate::config::{BaseUrl, Config};
 use crate::error::ProxyError;
 
 /// Headers that a client may use to make a framework treat a request as another method.
-pub const METHOD_OVERRIDE_HEADERS: [&str; 3] =
-    ["x-http-method-override", "x-method-override", "x-http-method"];
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+];
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1 and common legacy ones): they
 /// describe one connection and are never forwarded.
@@ -89,7 +92,7 @@ impl Upstream {
         let pending = self.client.request(request);
         match tokio::time::timeout(self.response_timeout, pending).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(
-                self.response_timeout.as_millis() as u64
+                self.response_timeout.as_millis() as u64,
             )),
             Ok(Err(e)) if e.is_connect() => {
                 tracing::warn!(error = %e, "upstream connect failed");
@@ -143,8 +146,17 @@ pub struct ClientInfo {
 /// Rewrites a client request's headers for the upstream: hop-by-hop headers and
 /// method overrides removed, Host left to the client (it sets the upstream's),
 /// X-Forwarded-For/-Proto/-Host added. Upgrade requests keep their Upgrade header.
-pub fn prepare_headers(headers: &mut HeaderMap, client: ClientInfo, host: Option<HeaderValue>, upgrade: bool) {
-    let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+pub fn prepare_headers(
+    headers: &mut HeaderMap,
+    client: ClientInfo,
+    host: Option<HeaderValue>,
+    upgrade: bool,
+) {
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     strip_hop_by_hop(headers);
     headers.remove(header::UPGRADE);
     headers.remove(header::EXPECT);
@@ -208,7 +220,11 @@ pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrad
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "upgraded connection closed"),
+            Ok((up, down)) => tracing::debug!(
+                bytes_up = up,
+                bytes_down = down,
+                "upgraded connection closed"
+            ),
             Err(e) => tracing::debug!(error = %e, "upgraded connection failed"),
         }
     });
@@ -228,7 +244,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, X-Secret-Hop".parse().unwrap());
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, X-Secret-Hop".parse().unwrap(),
+        );
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert(header::TE, "trailers".parse().unwrap());
@@ -236,12 +255,22 @@ mod tests {
         h.insert(header::EXPECT, "100-continue".parse().unwrap());
         h.insert(header::AUTHORIZATION, "Bearer t".parse().unwrap());
         h.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
-        prepare_headers(&mut h, client(), Some("proxy.example".parse().unwrap()), false);
+        prepare_headers(
+            &mut h,
+            client(),
+            Some("proxy.example".parse().unwrap()),
+            false,
+        );
         let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         names.sort();
         assert_eq!(
             names,
-            ["authorization", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
+            [
+                "authorization",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -61,7 +61,11 @@ pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Res
     match proxy(state, request).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::info!(reason = error.reason(), status = error.status().as_u16(), "request refused");
+            tracing::info!(
+                reason = error.reason(),
+                status = error.status().as_u16(),
+                "request refused"
+            );
             error.into_response()
         }
     }
@@ -94,7 +98,8 @@ fn check_framing(headers: &HeaderMap, version: Version) -> Result<(), ProxyError
     {
         return Err(ProxyError::Framing("Content-Length with several values"));
     }
-    if version <= Version::HTTP_11 && lengths > 0 && headers.contains_key(header::TRANSFER_ENCODING) {
+    if version <= Version::HTTP_11 && lengths > 0 && headers.contains_key(header::TRANSFER_ENCODING)
+    {
         return Err(ProxyError::Framing("Content-Length with Transfer-Encoding"));
     }
     Ok(())
@@ -112,10 +117,14 @@ fn check_target(request: &Request) -> Result<(), ProxyError> {
 }
 
 fn client_info(request: &Request) -> ClientInfo {
-    request.extensions().get::<ClientInfo>().copied().unwrap_or(ClientInfo {
-        peer: ([0, 0, 0, 0], 0).into(),
-        tls: false,
-    })
+    request
+        .extensions()
+        .get::<ClientInfo>()
+        .copied()
+        .unwrap_or(ClientInfo {
+            peer: ([0, 0, 0, 0], 0).into(),
+            tls: false,
+        })
 }
 
 fn original_host(request: &Request) -> Option<HeaderValue> {
@@ -129,10 +138,18 @@ fn original_host(request: &Request) -> Option<HeaderValue> {
 
 /// Streams any other request to the upstream and the response back, untouched
 /// but for hop-by-hop headers and the canonical path.
-async fn pass_through(state: &AppState, mut request: Request, path: &str) -> Result<Response, ProxyError> {
+async fn pass_through(
+    state: &AppState,
+    mut request: Request,
+    path: &str,
+) -> Result<Response, ProxyError> {
     let upgrade = forward::is_upgrade(request.headers(), request.version());
     let client_upgrade = upgrade
-        .then(|| request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>())
+        .then(|| {
+            request
+                .extensions_mut()
+                .remove::<hyper::upgrade::OnUpgrade>()
+        })
         .flatten();
     let client = client_info(&request);
     let host = original_host(&request);
@@ -146,7 +163,11 @@ async fn pass_through(state: &AppState, mut request: Request, path: &str) -> Res
     *outgoing.headers_mut() = headers;
     let started = Instant::now();
     let mut response = state.upstream.send(outgoing).await?;
-    tracing::debug!(upstream_ms = started.elapsed().as_millis() as u64, status = response.status().as_u16(), "upstream answered");
+    tracing::debug!(
+        upstream_ms = started.elapsed().as_millis() as u64,
+        status = response.status().as_u16(),
+        "upstream answered"
+    );
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         match client_upgrade {
             Some(client_upgrade) => {
@@ -172,7 +193,9 @@ fn content_encoding(headers: &HeaderMap) -> Result<Option<&'static str>, ProxyEr
     tokens.retain(|t| !t.eq_ignore_ascii_case("identity"));
     match tokens.as_slice() {
         [] => Ok(None),
-        [one] if one.eq_ignore_ascii_case("gzip") || one.eq_ignore_ascii_case("x-gzip") => Ok(Some("gzip")),
+        [one] if one.eq_ignore_ascii_case("gzip") || one.eq_ignore_ascii_case("x-gzip") => {
+            Ok(Some("gzip"))
+        }
         [one] if one.eq_ignore_ascii_case("deflate") => Ok(Some("deflate")),
         [one] if one.eq_ignore_ascii_case("br") => Ok(Some("br")),
         _ => Err(ProxyError::UnsupportedEncoding(tokens.join(", "))),
@@ -181,7 +204,11 @@ fn content_encoding(headers: &HeaderMap) -> Result<Option<&'static str>, ProxyEr
 
 /// Reads, decodes and sanitizes the whole body, then forwards the canonical
 /// object. The body is never forwarded in any other form.
-async fn intercept(state: Arc<AppState>, mut request: Request, route_path: String) -> Result<Response, ProxyError> {
+async fn intercept(
+    state: Arc<AppState>,
+    mut request: Request,
+    route_path: String,
+) -> Result<Response, ProxyError> {
     let encoding = content_encoding(request.headers())?;
     let headers = request.headers_mut();
     headers.remove(header::CONTENT_ENCODING);
@@ -205,7 +232,10 @@ async fn intercept(state: Arc<AppState>, mut request: Request, route_path: Strin
         }
     });
     let service = RequestDecompressionLayer::new().layer(decoded);
-    let response = service.oneshot(request).await.unwrap_or_else(|never| match never {});
+    let response = service
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|never| match never {});
     Ok(response.map(Body::new))
 }
 
@@ -221,7 +251,9 @@ where
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(ProxyError::BodyTimeout(timeout.as_millis() as u64)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if is_length_limit(error.as_ref()) => Err(ProxyError::BodyTooLarge { limit }),
+        Ok(Err(error)) if is_length_limit(error.as_ref()) => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
         Ok(Err(error)) if encoded => Err(ProxyError::Undecodable(error.to_string())),
         Ok(Err(_)) => Err(ProxyError::BodyRead),
     }
@@ -263,7 +295,10 @@ async fn forward_sanitized(
     let mut headers = parts.headers;
     forward::prepare_headers(&mut headers, client, host, false);
     headers.remove(header::CONTENT_ENCODING);
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(sanitized.len()));
     let mut outgoing = http::Request::new(Body::from(sanitized));
     *outgoing.method_mut() = Method::POST;

@@ -107,7 +107,18 @@ fn is_pchar(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
         )
 }
 
@@ -185,7 +196,12 @@ impl RouteTemplate {
                     return Ok(TemplateSegment::Param);
                 }
                 let canonical = normalize_segment(s).ok();
-                if s.is_empty() || s == "." || s == ".." || s.contains(['{', '}', ';']) || canonical.as_deref() != Some(s) {
+                if s.is_empty()
+                    || s == "."
+                    || s == ".."
+                    || s.contains(['{', '}', ';'])
+                    || canonical.as_deref() != Some(s)
+                {
                     return Err(TemplateError(format!(
                         "segment {s:?} is not a plain path segment or a {{parameter}}"
                     )));
@@ -226,7 +242,8 @@ impl RouteTemplate {
 mod tests {
     use super::*;
 
-    const ROUTE: &str = "/api/v2/conversations/messaging/guest/conversations/{conversationId}/messages";
+    const ROUTE: &str =
+        "/api/v2/conversations/messaging/guest/conversations/{conversationId}/messages";
     const CANON: &str = "/api/v2/conversations/messaging/guest/conversations/c-1/messages";
 
     fn route_of(raw: &str) -> Result<Option<String>, PathError> {

@@ -35,10 +35,7 @@ impl Policy {
 
     /// The same policy with another `to`, for per-origin targets.
     pub fn with_to(&self, to: Value) -> Self {
-        Self {
-            to,
-            ..self.clone()
-        }
+        Self { to, ..self.clone() }
     }
 
     /// The configured target, for logs and the `check` command.
@@ -328,7 +325,10 @@ mod tests {
             r#"{"list":[{"k":1,"k":2}]}"#,
         ] {
             assert!(
-                matches!(sanitize_bytes(body.as_bytes(), &p), Err(BodyError::DuplicateKey(_))),
+                matches!(
+                    sanitize_bytes(body.as_bytes(), &p),
+                    Err(BodyError::DuplicateKey(_))
+                ),
                 "{body}"
             );
         }
@@ -354,7 +354,8 @@ mod tests {
 
     #[test]
     fn bom_is_ignored_and_not_forwarded() {
-        let (out, _) = sanitize_bytes(b"\xEF\xBB\xBF{\"a\":1}", &policy(ToPolicy::Override)).unwrap();
+        let (out, _) =
+            sanitize_bytes(b"\xEF\xBB\xBF{\"a\":1}", &policy(ToPolicy::Override)).unwrap();
         assert_eq!(&out[..], br#"{"a":1,"to":{"id":"queue-1"}}"#);
     }
 

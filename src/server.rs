@@ -89,7 +89,12 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish for up to `limits.shutdown_timeout`.
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
     let builder = connection_builder(&limits);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -124,7 +129,10 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
     }
     drop(listener);
     tracing::info!(in_flight = graceful.count(), "draining connections");
-    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
 }
@@ -133,8 +141,12 @@ fn connection_service(
     app: Router,
     client: ClientInfo,
 ) -> hyper_util::service::TowerToHyperService<
-    impl tower::Service<Request<Incoming>, Response = axum::response::Response, Error = std::convert::Infallible, Future = impl Send>
-    + Clone,
+    impl tower::Service<
+        Request<Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone,
 > {
     let service = app.map_request(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(client);

@@ -1,0 +1,301 @@
+//! Test harness: a real recording upstream on a loopback port, the proxy on
+//! port 0, and raw-socket clients that send exactly the bytes a test writes.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const ROUTE: &str = "/api/v2/conversations/messaging/guest/conversations/conv-1/messages";
+pub const QUEUE: &str = "queue-1";
+
+/// One request as the upstream really received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn body_str(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("utf-8 body")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+type Responder = Arc<dyn Fn(&Recorded) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// A hyper server (HTTP/1.1 and h2c) that records every request it receives.
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl RecordingUpstream {
+    /// Answers 200 with a fixed JSON body and a marker header.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .header("x-upstream", "recording")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"id":"server-generated","ok":true}"#,
+                )))
+                .unwrap()
+        })
+        .await
+    }
+
+    pub async fn start_with(
+        respond: impl Fn(&Recorded) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_delayed(Duration::ZERO, respond).await
+    }
+
+    /// Like `start_with`, answering only after `delay`.
+    pub async fn start_delayed(
+        delay: Duration,
+        respond: impl Fn(&Recorded) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let respond: Responder = Arc::new(respond);
+        let seen_task = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen_task.clone();
+                let respond = respond.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let seen = seen.clone();
+                        let respond = respond.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let recorded = Recorded {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                version: parts.version,
+                                headers: parts.headers,
+                                body,
+                            };
+                            let response = respond(&recorded);
+                            seen.lock().unwrap().push(recorded);
+                            tokio::time::sleep(delay).await;
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The single request received; fails if there were none or several.
+    pub fn only(&self) -> Recorded {
+        let seen = self.requests();
+        assert_eq!(
+            seen.len(),
+            1,
+            "upstream saw {} requests: {seen:#?}",
+            seen.len()
+        );
+        seen.into_iter().next().unwrap()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// Starts the proxy in front of `upstream` (an `http://` base URL) with extra
+/// `GUESTGATE__...` settings.
+pub async fn proxy_to(base_url: &str, extra: &[(&str, &str)]) -> guestgate::Running {
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("GUESTGATE__SERVER__LISTEN".into(), "127.0.0.1:0".into()),
+        ("GUESTGATE__ADMIN__LISTEN".into(), "127.0.0.1:0".into()),
+        ("GUESTGATE__UPSTREAM__BASE_URL".into(), base_url.into()),
+        ("GUESTGATE__GUEST_MESSAGES__TO__ID".into(), QUEUE.into()),
+    ]);
+    for (k, v) in extra {
+        env.insert((*k).into(), (*v).into());
+    }
+    let config = guestgate::Config::load_with_env(None, Some(env)).expect("valid test config");
+    guestgate::start(config).await.expect("proxy starts")
+}
+
+pub async fn proxy(upstream: &RecordingUpstream, extra: &[(&str, &str)]) -> guestgate::Running {
+    proxy_to(&format!("http://{}", upstream.addr), extra).await
+}
+
+/// A parsed HTTP/1.1 response read from a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body_str()))
+    }
+
+    /// Asserts this is a problem+json answer with `status` and returns it.
+    pub fn assert_problem(&self, status: u16) -> serde_json::Value {
+        assert_eq!(self.status, status, "{}\n{}", self.head, self.body_str());
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/problem+json")
+        );
+        let json = self.json();
+        assert_eq!(json["status"], status);
+        json
+    }
+}
+
+/// Sends raw bytes and reads one response (the request should carry
+/// `Connection: close`, or the response a Content-Length).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_response(&mut stream).await
+}
+
+/// Reads one HTTP/1.1 response (Content-Length, chunked, or until close).
+pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(pos) = find(&buf, b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = buf[head_end..].to_vec();
+    let mut response = RawResponse {
+        status,
+        head,
+        body: Vec::new(),
+    };
+    if let Some(len) = response.header("content-length") {
+        let len: usize = len.parse().unwrap();
+        while body.len() < len {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed mid-body");
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body.truncate(len);
+    } else if response
+        .header("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
+        while find(&body, b"0\r\n\r\n").is_none() {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body = dechunk(&body);
+    } else if status != 101 && status != 204 && status != 304 {
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut body)).await;
+    }
+    response.body = body;
+    response
+}
+
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n").expect("chunk size line");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// A POST of `body` to `path` with `Connection: close` and extra header lines.
+pub fn post(path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: proxy.test\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+pub fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap()
+}
