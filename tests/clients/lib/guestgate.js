@@ -1,0 +1,144 @@
+'use strict';
+// Starts the real guestgate binary (built by `cargo build` in the repo root)
+// on loopback ports, pointed at a given upstream, and stops it again.
+
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+
+const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
+
+function guestgateBin() {
+  if (process.env.GUESTGATE_BIN) return process.env.GUESTGATE_BIN;
+  const targetDir = process.env.CARGO_TARGET_DIR
+    ? path.resolve(REPO_ROOT, process.env.CARGO_TARGET_DIR)
+    : path.join(REPO_ROOT, 'target');
+  return path.join(targetDir, 'debug', 'guestgate');
+}
+
+// Binds port 0, reads the port the kernel chose and releases it. Another
+// process could take it before guestgate binds it; start() retries for that.
+function freePort(host = '127.0.0.1') {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function tomlString(s) {
+  return JSON.stringify(String(s)); // ASCII JSON strings are valid TOML basic strings
+}
+
+function tomlValue(v) {
+  if (Array.isArray(v)) return `[${v.map(tomlValue).join(', ')}]`;
+  if (typeof v === 'string') return tomlString(v);
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  if (v && typeof v === 'object') {
+    return `{ ${Object.entries(v).map(([k, x]) => `${k} = ${tomlValue(x)}`).join(', ')} }`;
+  }
+  throw new Error(`cannot write ${v} as TOML`);
+}
+
+function renderConfig(sections) {
+  return Object.entries(sections)
+    .map(([name, keys]) => `[${name}]\n${Object.entries(keys).map(([k, v]) => `${k} = ${tomlValue(v)}`).join('\n')}\n`)
+    .join('\n');
+}
+
+function canConnect(port, host = '127.0.0.1') {
+  return new Promise((resolve) => {
+    const s = net.connect({ port, host });
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+  });
+}
+
+async function startOnce({ upstreamUrl, to, cors, extra }) {
+  const port = await freePort();
+  let adminPort = await freePort();
+  while (adminPort === port) adminPort = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'guestgate-clients-'));
+  const config = {
+    server: { listen: `127.0.0.1:${port}` },
+    upstream: { base_url: upstreamUrl },
+    guest_messages: { to },
+    admin: { listen: `127.0.0.1:${adminPort}` },
+    log: { level: process.env.GUESTGATE_TEST_LOG || 'info' },
+  };
+  if (cors) config.cors = cors;
+  for (const [section, keys] of Object.entries(extra || {})) config[section] = { ...(config[section] || {}), ...keys };
+  const configPath = path.join(dir, 'guestgate.toml');
+  const text = renderConfig(config);
+  fs.writeFileSync(configPath, text);
+
+  // Only this test's config applies: no GUESTGATE__* or RUST_LOG from the caller.
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith('GUESTGATE__') && k !== 'RUST_LOG') env[k] = v;
+  }
+  const bin = guestgateBin();
+  if (!fs.existsSync(bin)) {
+    throw new Error(`guestgate binary not found at ${bin}: run \`cargo build\` in ${REPO_ROOT} (tests/clients/run.sh does) or set GUESTGATE_BIN`);
+  }
+  const proc = spawn(bin, ['--config', configPath], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  proc.stdout.on('data', (d) => { output += d; });
+  proc.stderr.on('data', (d) => { output += d; });
+  let exited = null;
+  const exitPromise = new Promise((r) => proc.once('exit', (code, signal) => { exited = { code, signal }; r(exited); }));
+
+  const deadline = Date.now() + 20000;
+  while (Date.now() < deadline) {
+    if (exited) break;
+    if (await canConnect(port)) {
+      return {
+        url: `http://127.0.0.1:${port}`,
+        port,
+        adminUrl: `http://127.0.0.1:${adminPort}`,
+        configPath,
+        configText: text,
+        proc,
+        output: () => output,
+        async stop() {
+          if (!exited) {
+            proc.kill('SIGTERM');
+            const t = setTimeout(() => { if (!exited) proc.kill('SIGKILL'); }, 5000);
+            await exitPromise;
+            clearTimeout(t);
+          }
+          fs.rmSync(dir, { recursive: true, force: true });
+        },
+      };
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!exited) { proc.kill('SIGKILL'); await exitPromise; }
+  fs.rmSync(dir, { recursive: true, force: true });
+  const err = new Error(`guestgate did not become ready on 127.0.0.1:${port} (exit: ${JSON.stringify(exited)})\nconfig:\n${text}\noutput:\n${output}`);
+  err.addrInUse = /address already in use|AddrInUse|os error 98/i.test(output);
+  throw err;
+}
+
+// start({ upstreamUrl, to = { id: 'queue-123' }, cors, extra }) -> running guestgate
+async function startGuestgate(opts) {
+  const o = { to: { id: 'queue-123' }, ...opts };
+  let lastErr;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await startOnce(o);
+    } catch (e) {
+      lastErr = e;
+      if (!e.addrInUse) throw e;
+    }
+  }
+  throw lastErr;
+}
+
+module.exports = { startGuestgate, freePort, guestgateBin, renderConfig, REPO_ROOT };
