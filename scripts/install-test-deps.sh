@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs what the test suites need on a fresh Debian machine that has only
+# the Rust toolchain, Node, Python and apt. Idempotent: skips what is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo is required (rustup.rs)" >&2
+  exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
