@@ -10,8 +10,9 @@
 //
 // Like the vendor it answers `{"status":..,"code":..,"message":..}` errors,
 // sends `inin-correlation-id` and gzips JSON when the client accepts it. On
-// the guest messages route it refuses a body that carries a top-level `id` or
-// lacks `to`: that is the vendor behaviour guestgate exists to work around.
+// the guest messages route it answers an opaque 500 to a body that carries a
+// top-level `id` or lacks `to`: the vendor behaviour guestgate exists to work
+// around.
 //
 // It never sends CORS headers: in the browser test any CORS header a page sees
 // must have come from guestgate.
@@ -95,7 +96,7 @@ function startUpstream({ host = '127.0.0.1', port = 0, compress = true } = {}) {
       };
       if (b.memberInfo.customFields) member.customFields = b.memberInfo.customFields;
       const jwt = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url({ sub: member.id, conversationId: id, org: b.organizationId })}.${crypto.randomBytes(16).toString('base64url')}`;
-      const conv = { id, jwt, member, messages: [] };
+      const conv = { id, jwt, member, messages: [], guestMessages: [] };
       conversations.set(id, conv);
       return [200, {
         id,
@@ -149,19 +150,20 @@ function startUpstream({ host = '127.0.0.1', port = 0, compress = true } = {}) {
   }
 
   function guestMessage(req, url, body) {
-    // The route guestgate intercepts. The vendor refuses a client-sent `id`
-    // and needs a `to`; guestgate strips the one and injects the other.
+    // The route guestgate intercepts. Like the vendor (see the README), a body
+    // that carries a client-chosen top-level `id` or lacks `to` gets an opaque
+    // 500; guestgate strips the one and injects the other.
     if (req.method !== 'POST') throw new VendorError(405, 'method.not.allowed', 'Method not allowed.');
     const convId = decodeURIComponent(GUEST_MESSAGES_RE.exec(url.pathname)[1]);
+    requireGuestJwt(req, conversations.get(convId));
     const b = parseJson(body);
-    if (b === null || typeof b !== 'object' || Array.isArray(b)) throw new VendorError(400, 'bad.request', 'A JSON object is required.');
-    if (Object.prototype.hasOwnProperty.call(b, 'id')) {
-      throw new VendorError(400, 'invalid.property', 'Unrecognized field "id": message ids are assigned by the server.');
-    }
-    if (!b.to || typeof b.to.id !== 'string') throw new VendorError(400, 'invalid.value', 'to.id is required.');
+    const opaque = () => new VendorError(500, 'internal.server.error', 'The server encountered an unexpected condition which prevented it from fulfilling the request.');
+    if (b === null || typeof b !== 'object' || Array.isArray(b)) throw opaque();
+    if (Object.prototype.hasOwnProperty.call(b, 'id')) throw opaque();
+    if (!b.to || typeof b.to.id !== 'string') throw opaque();
     if (!b.from || typeof b.from.id !== 'string') throw new VendorError(400, 'invalid.value', 'from.id is required.');
     const text = typeof b.text === 'string' ? b.text : '';
-    return [200, {
+    const msg = {
       id: newId('gmsg'),
       conversationId: convId,
       from: b.from,
@@ -173,7 +175,9 @@ function startUpstream({ host = '127.0.0.1', port = 0, compress = true } = {}) {
         from: { id: 'agent-7', nickname: 'Ada' },
         text: `Thanks! Queue ${b.to.id} received "${text}".`,
       },
-    }];
+    };
+    conversations.get(convId).guestMessages.push(msg);
+    return [200, msg];
   }
 
   function platform(req, url, body) {
