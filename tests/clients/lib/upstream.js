@@ -197,14 +197,16 @@ function startUpstream({ host = '127.0.0.1', port = 0, compress = true } = {}) {
     if (am && req.method === 'POST') {
       requirePlatformToken(req);
       const b = parseJson(body);
+      const id = newId('amsg');
       return [202, {
-        id: newId('amsg'),
-        conversationId: am[1],
-        communicationId: am[2],
-        textBody: b.textBody,
-        status: 'queued',
-        direction: 'outbound',
+        id,
         timestamp: now(),
+        direction: 'outbound',
+        messengerType: 'open',
+        status: 'queued',
+        normalizedMessage: { type: 'Text', text: b.textBody },
+        conversationId: am[1],
+        selfUri: `/api/v2/conversations/messages/${am[1]}/messages/${id}`,
       }];
     }
     throw new VendorError(404, 'not.found', 'The requested operation was not found.');

@@ -80,7 +80,8 @@ test('ConversationsApi.postConversationsMessageCommunicationMessages: POST body 
   const { res, proxied } = await directAndThroughGuestgate('agent message', () =>
     conversationsApi.postConversationsMessageCommunicationMessages('conv-abc', 'comm-def', body));
   assert.equal(res.status, 202);
-  assert.equal(res.body.textBody, body.textBody);
+  assert.equal(res.body.normalizedMessage.text, body.textBody);
+  assert.equal(res.body.conversationId, 'conv-abc');
   // Not the intercepted route: the top-level `id` is NOT stripped and no `to` is added.
   assert.deepEqual(JSON.parse(proxied.body), body);
 });
