@@ -1,0 +1,818 @@
+#!/usr/bin/env python3
+"""guestgate benchmark orchestrator (issue 5). Started by bench/run.sh.
+
+Starts one shared upstream (nginx `return 200`), nginx proxy_pass, nginx+njs
+and guestgate on loopback, checks what each proxy forwards, then measures all
+targets interleaved (round-robin, several rounds) with wrk at several
+concurrencies, a fixed-rate latency run with oha (coordinated-omission
+corrected), guestgate's peak RSS with 1,000 idle keep-alive connections, and
+the criterion sanitizer benchmark. Writes bench/results/<date>-<host>.md.
+
+Every number in the results file comes from this run. Nothing here talks to
+anything but 127.0.0.1.
+"""
+
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+
+QUICK = os.environ.get("QUICK", "0") == "1"
+ROUNDS = int(os.environ.get("ROUNDS", "1" if QUICK else "3"))
+DURATION = int(os.environ.get("DURATION", "4" if QUICK else "8"))
+WARMUP = int(os.environ.get("WARMUP", "1" if QUICK else "2"))
+CONNS = [int(c) for c in os.environ.get("CONNS", "1,32,256").split(",")]
+PIN = os.environ.get("PIN", "1") == "1"
+NJS_MODE = os.environ.get("NJS_MODE", "js_set")  # js_set | fetch
+FIXED_SECS = int(os.environ.get("FIXED_SECS", "4" if QUICK else "8"))
+IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "1000"))
+GUESTGATE = os.environ.get("GUESTGATE_BIN", os.path.join(ROOT, "target/bench/release/guestgate"))
+TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target/bench"))
+WORK = os.environ.get("BENCH_WORK", os.path.join(BENCH, ".work"))
+RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(BENCH, "results"))
+SKIP_CRITERION = os.environ.get("SKIP_CRITERION", "0") == "1"
+
+PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "18081"))
+UPSTREAM_PORT = PORT_BASE
+NGINX_PORT = PORT_BASE + 1
+NJS_PORT = PORT_BASE + 2
+GG_PORT = PORT_BASE + 3
+GG_ADMIN_PORT = PORT_BASE + 4
+GG_IDLE_PORT = PORT_BASE + 5
+GG_IDLE_ADMIN_PORT = PORT_BASE + 6
+NGINX_IDLE_PORT = PORT_BASE + 7
+
+QUEUE = "bench-queue-0001"
+CONV = "c0ffee00-1111-4222-8333-444455556666"
+MSG_PATH = f"/api/v2/conversations/messaging/guest/conversations/{CONV}/messages"
+# Any other route is a streaming pass-through in guestgate.
+PASS_PATH = f"/api/v2/conversations/messaging/guest/conversations/{CONV}/attachments"
+BODY_FILE = os.path.join(BENCH, "lib/message.json")
+LUA = os.path.join(BENCH, "lib/post.lua")
+
+# Cores: servers under test on core 1, load generator + shared upstream on core 0.
+PROXY_CPUS = "1" if PIN else None
+LOADGEN_CPUS = "0" if PIN else None
+SERVER_WORKERS = 1 if PIN else os.cpu_count()
+
+TARGETS = [
+    # key, label, port, path, pid source
+    ("direct", "1. direct to upstream (nginx return 200)", UPSTREAM_PORT, MSG_PATH),
+    ("nginx", "2. nginx proxy_pass (keepalive)", NGINX_PORT, MSG_PATH),
+    ("njs", "3. nginx + njs sanitize", NJS_PORT, MSG_PATH),
+    ("gg_msg", "4. guestgate, intercepted route", GG_PORT, MSG_PATH),
+    ("gg_pass", "5. guestgate, pass-through route", GG_PORT, PASS_PATH),
+]
+LABEL = {t[0]: t[1] for t in TARGETS}
+
+
+def log(*a):
+    print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+def taskset(cpus, argv):
+    return (["taskset", "-c", cpus] if cpus else []) + argv
+
+
+def run_out(argv, **kw):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, **kw)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return subprocess.CompletedProcess(argv, 1, "", str(e))
+
+
+def first_line(argv):
+    p = run_out(argv)
+    text = (p.stdout or "") + (p.stderr or "")
+    return text.strip().splitlines()[0].strip() if text.strip() else "?"
+
+
+# ---------------------------------------------------------------- processes
+
+class Servers:
+    def __init__(self):
+        self.nginx_pids = {}  # key -> Popen of the master (daemon off)
+        self.procs = []
+        self.gg = None
+
+    def render(self, key, name, port, extra=None):
+        text = open(os.path.join(BENCH, "nginx", f"{name}.conf")).read()
+        subs = {
+            "@WORK@": WORK, "@BENCH@": BENCH, "@UPSTREAM_PORT@": str(UPSTREAM_PORT),
+            "@PROXY_PORT@": str(port), "@PID@": os.path.join(WORK, f"{key}.pid"),
+            "@ERRLOG@": os.path.join(WORK, f"{key}.error.log"),
+        }
+        subs.update(extra or {})
+        for k, v in subs.items():
+            text = text.replace(k, v)
+        text = text.replace("worker_processes 1;", f"worker_processes {SERVER_WORKERS};")
+        out = os.path.join(WORK, f"{key}.conf")
+        with open(out, "w") as f:
+            f.write(text)
+        return out
+
+    def start_nginx(self, key, name, port, cpus, extra=None):
+        conf = self.render(key, name, port, extra)
+        errf = open(os.path.join(WORK, f"{key}.stderr.log"), "w")
+        p = subprocess.Popen(taskset(cpus, ["nginx", "-p", WORK, "-e", os.path.join(WORK, f"{key}.error.log"),
+                                            "-c", conf, "-g", "daemon off;"]),
+                             stdout=errf, stderr=subprocess.STDOUT)
+        self.nginx_pids[key] = p
+        wait_port(port, proc=p)
+
+    def nginx_all_pids(self, key):
+        master = self.nginx_pids[key].pid
+        return [master] + children(master)
+
+    def start_guestgate(self, port, admin_port, cpus, workers):
+        env = dict(os.environ)
+        env.update({
+            "GUESTGATE__SERVER__LISTEN": f"127.0.0.1:{port}",
+            "GUESTGATE__UPSTREAM__BASE_URL": f"http://127.0.0.1:{UPSTREAM_PORT}",
+            "GUESTGATE__GUEST_MESSAGES__TO__ID": QUEUE,
+            "GUESTGATE__ADMIN__LISTEN": f"127.0.0.1:{admin_port}",
+            "GUESTGATE__LOG__LEVEL": "warn",
+            "RUST_LOG": "warn",
+            "TOKIO_WORKER_THREADS": str(workers),
+        })
+        logf = open(os.path.join(WORK, f"guestgate-{port}.log"), "w")
+        p = subprocess.Popen(taskset(cpus, [GUESTGATE]), env=env, stdout=logf, stderr=subprocess.STDOUT,
+                             cwd=WORK)
+        self.procs.append(p)
+        wait_port(port, proc=p)
+        return p
+
+    def stop_guestgate(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def stop_nginx(self, key):
+        p = self.nginx_pids.pop(key, None)
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGQUIT)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def stop_all(self):
+        for p in self.procs:
+            self.stop_guestgate(p)
+        for key in list(self.nginx_pids):
+            self.stop_nginx(key)
+
+
+def children(pid):
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def wait_port(port, proc=None, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"process for port {port} exited with {proc.returncode}; see {WORK}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def port_free(port):
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------- measurement helpers
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pids):
+    """User+system CPU seconds of processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLK
+
+
+def core_times():
+    """Per-core (busy, total) jiffies for cpu0 and cpu1."""
+    out = {}
+    for line in open("/proc/stat"):
+        m = re.match(r"cpu(\d+) (.*)", line)
+        if m:
+            v = [int(x) for x in m.group(2).split()]
+            idle = v[3] + v[4]
+            out[int(m.group(1))] = (sum(v[:8]) - idle, sum(v[:8]))
+    return out
+
+
+def busy_pct(before, after):
+    res = {}
+    for c in after:
+        db = after[c][0] - before[c][0]
+        dt = after[c][1] - before[c][1]
+        res[c] = 100.0 * db / dt if dt else 0.0
+    return res
+
+
+def http_post(port, path, body, headers=None, timeout=5.0):
+    """One HTTP/1.1 request on a fresh connection; returns (status, body bytes)."""
+    h = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json",
+         "Content-Length": str(len(body)), "Connection": "close"}
+    h.update(headers or {})
+    req = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req.encode() + body)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        out, buf = b"", rest
+        while buf:
+            size_line, _, buf = buf.partition(b"\r\n")
+            n = int(size_line.split(b";")[0], 16)
+            if n == 0:
+                break
+            out += buf[:n]
+            buf = buf[n + 2:]
+        rest = out
+    return status, rest
+
+
+def verify(servers):
+    """Check what each target forwards, through the upstream's echo route."""
+    body = open(BODY_FILE, "rb").read()
+    sent = json.loads(body)
+    echo_msg = MSG_PATH.replace(CONV, "bench-echo")
+    echo_pass = PASS_PATH.replace(CONV, "bench-echo")
+    problems = []
+    expect_sanitized = dict(sent)
+    expect_sanitized.pop("id")
+    expect_sanitized["to"] = {"id": QUEUE}
+    checks = [
+        ("nginx", NGINX_PORT, echo_msg, sent),
+        ("njs", NJS_PORT, echo_msg, expect_sanitized),
+        ("gg_msg", GG_PORT, echo_msg, expect_sanitized),
+        ("gg_pass", GG_PORT, echo_pass, sent),
+    ]
+    for key, port, path, expected in checks:
+        try:
+            status, got = http_post(port, path, body)
+            got_json = json.loads(got)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{key}: {e}")
+            continue
+        if status != 200 or got_json != expected:
+            problems.append(f"{key}: status {status}, forwarded {got[:300]!r}")
+    # and the benchmark paths answer 200 with the upstream's body
+    for key, _label, port, path in TARGETS:
+        status, got = http_post(port, path, body)
+        if status != 200 or b"accepted" not in got:
+            problems.append(f"{key}: {path} answered {status} {got[:200]!r}")
+    # a bad body is refused by the sanitizing targets (not measured, shown)
+    refusals = {}
+    for key, port in (("njs", NJS_PORT), ("gg_msg", GG_PORT)):
+        status, _ = http_post(port, MSG_PATH, b'{"id":1,')
+        refusals[key] = status
+    return problems, refusals
+
+
+def wrk(key, port, path, conns, secs):
+    threads = 1 if PIN else min(2, conns)
+    argv = taskset(LOADGEN_CPUS, ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{secs}s",
+                                  "--timeout", "10s", "-s", LUA, f"http://127.0.0.1:{port}{path}"])
+    env = dict(os.environ, BENCH_BODY_FILE=BODY_FILE)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out, err = p.communicate(timeout=secs + 60)
+    m = re.search(r"^BENCH_JSON (.*)$", out.decode(), re.M)
+    if p.returncode != 0 or not m:
+        raise SystemExit(f"wrk failed for {key} c={conns}: {out.decode()} {err.decode()}")
+    return json.loads(m.group(1))
+
+
+def measure(servers, key, port, path, conns, secs):
+    pids = target_pids(servers, key)
+    up_pids = servers.nginx_all_pids("upstream")
+    c0, p0, u0 = core_times(), proc_cpu(pids), proc_cpu(up_pids)
+    t0 = time.time()
+    r = wrk(key, port, path, conns, secs)
+    wall = time.time() - t0
+    c1, p1, u1 = core_times(), proc_cpu(pids), proc_cpu(up_pids)
+    secs_ = r["duration_us"] / 1e6
+    r["rps"] = r["requests"] / secs_
+    r["errors"] = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"] + r["err_timeout"]
+    r["proxy_cpu_s"] = p1 - p0 if key != "direct" else None
+    r["upstream_cpu_s"] = u1 - u0
+    r["proxy_us_per_req"] = (p1 - p0) / r["requests"] * 1e6 if key != "direct" and r["requests"] else None
+    r["proxy_cpu_pct"] = 100 * (p1 - p0) / wall if key != "direct" else None
+    r["core_busy"] = busy_pct(c0, c1)
+    return r
+
+
+def target_pids(servers, key):
+    if key == "direct":
+        return servers.nginx_all_pids("upstream")
+    if key in ("nginx", "njs"):
+        return servers.nginx_all_pids(key)
+    return [servers.gg.pid]
+
+
+def oha_fixed(key, port, path, rate, secs):
+    oha = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+    if not os.path.exists(oha):
+        return None
+    argv = taskset(LOADGEN_CPUS, [oha, "--no-tui", "--output-format", "json", "-z", f"{secs}s",
+                                  "-c", "32", "-q", str(rate), "--latency-correction",
+                                  "-m", "POST", "-D", BODY_FILE, "-H", "Content-Type: application/json",
+                                  f"http://127.0.0.1:{port}{path}"])
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60)
+    if p.returncode != 0:
+        log(f"oha failed for {key}: {p.stderr[-500:]}")
+        return None
+    try:
+        j = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        log(f"oha output not JSON for {key}: {p.stdout[:300]}")
+        return None
+    pct = j.get("latencyPercentiles", {})
+    codes = j.get("statusCodeDistribution", {})
+    summary = j.get("summary", {})
+    return {
+        "rps": summary.get("requestsPerSec"),
+        "ok": codes.get("200", 0),
+        "non200": sum(v for k, v in codes.items() if k != "200"),
+        "errors": sum(j.get("errorDistribution", {}).values()),
+        "p50": pct.get("p50"), "p99": pct.get("p99"), "p999": pct.get("p99.9"),
+        "max": summary.get("slowest"),
+    }
+
+
+def idle_rss(servers):
+    """Fresh guestgate (and, for comparison, a fresh nginx proxy) with N idle conns."""
+    res = {}
+    script = os.path.join(BENCH, "lib/idle_conns.py")
+    gg = servers.start_guestgate(GG_IDLE_PORT, GG_IDLE_ADMIN_PORT, PROXY_CPUS, SERVER_WORKERS)
+    try:
+        before = read_status(gg.pid)
+        out = subprocess.run(taskset(LOADGEN_CPUS, [sys.executable, script, str(GG_IDLE_PORT), MSG_PATH,
+                                                    BODY_FILE, str(IDLE_CONNS), str(gg.pid)]),
+                             capture_output=True, text=True, timeout=180)
+        if out.returncode != 0:
+            raise SystemExit(f"idle_conns.py failed: {out.stdout} {out.stderr}")
+        j = json.loads(out.stdout.strip().splitlines()[-1])
+        res["guestgate"] = {"start": before, **j}
+    finally:
+        servers.stop_guestgate(gg)
+    servers.start_nginx("nginx_idle", "proxy", NGINX_IDLE_PORT, PROXY_CPUS)
+    try:
+        pids = servers.nginx_all_pids("nginx_idle")
+        out = subprocess.run(taskset(LOADGEN_CPUS, [sys.executable, script, str(NGINX_IDLE_PORT), MSG_PATH,
+                                                    BODY_FILE, str(IDLE_CONNS), ",".join(map(str, pids))]),
+                             capture_output=True, text=True, timeout=180)
+        if out.returncode == 0:
+            res["nginx"] = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        servers.stop_nginx("nginx_idle")
+    return res
+
+
+def read_status(pid):
+    d = {}
+    for line in open(f"/proc/{pid}/status"):
+        k, _, v = line.partition(":")
+        if k in ("VmHWM", "VmRSS", "Threads"):
+            d[k] = int(v.split()[0])
+    return d
+
+
+def criterion():
+    if SKIP_CRITERION:
+        return None
+    env = dict(os.environ, CARGO_TARGET_DIR=TARGET_DIR)
+    if QUICK:
+        env["BENCH_QUICK"] = "1"
+    p = subprocess.run(taskset(PROXY_CPUS, ["cargo", "bench", "--bench", "sanitize"]), cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=1800)
+    open(os.path.join(WORK, "criterion.log"), "w").write(p.stdout + p.stderr)
+    if p.returncode != 0:
+        log("criterion failed; see", os.path.join(WORK, "criterion.log"))
+        return None
+    res = {}
+    base = os.path.join(TARGET_DIR, "criterion")
+    for group in ("sanitize_bytes", "parse_object", "sanitize_map", "serialize"):
+        for name in ("200B", "16KiB"):
+            f = os.path.join(base, group, name, "new", "estimates.json")
+            if os.path.exists(f):
+                e = json.load(open(f))
+                res[f"{group}/{name}"] = {
+                    "median_ns": e["median"]["point_estimate"],
+                    "lo_ns": e["median"]["confidence_interval"]["lower_bound"],
+                    "hi_ns": e["median"]["confidence_interval"]["upper_bound"],
+                }
+    return res
+
+
+# ---------------------------------------------------------------- report
+
+def machine_info():
+    cpu = "?"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = "?"
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal"):
+            mem = f"{int(line.split()[1]) // 1024} MiB"
+    njs = first_line(["dpkg-query", "-W", "-f", "${Version}", "libnginx-mod-http-js"])
+    oha = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+    commit = first_line(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    dirty = run_out(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"]).stdout
+    return {
+        "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "mem": mem,
+        "kernel": platform.release(),
+        "nginx": first_line(["nginx", "-v"]).replace("nginx version: ", ""),
+        "njs": njs,
+        "wrk": first_line(["wrk", "-v"]).split(" [")[0],
+        "oha": first_line([oha, "--version"]) if os.path.exists(oha) else "not installed",
+        "rustc": first_line(["rustc", "--version"]),
+        "guestgate": f"{commit}{' + uncommitted src changes' if dirty.strip() else ''}",
+        "python": platform.python_version(),
+    }
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt_int(x):
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def fmt_ms(us):
+    return "–" if us is None else f"{us / 1000:.2f}"
+
+
+def ratio(a, b):
+    return None if not a or not b else a / b
+
+
+def fmt_ratio(r):
+    return "–" if r is None else f"{r:.2f}x"
+
+
+def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before, load_after, elapsed):
+    # runs[(key, conns)] = [result per round]
+    agg = {}
+    for (key, c), rs in runs.items():
+        agg[(key, c)] = {
+            "rps": med([r["rps"] for r in rs]),
+            "rps_min": min(r["rps"] for r in rs), "rps_max": max(r["rps"] for r in rs),
+            "p50": med([r["lat_p50_us"] for r in rs]), "p99": med([r["lat_p99_us"] for r in rs]),
+            "p999": med([r["lat_p999_us"] for r in rs]),
+            "cpu_us": med([r["proxy_us_per_req"] for r in rs]),
+            "cpu_pct": med([r["proxy_cpu_pct"] for r in rs]),
+            "core0": med([r["core_busy"].get(0) for r in rs]),
+            "core1": med([r["core_busy"].get(1) for r in rs]),
+            "errors": sum(r["errors"] for r in rs),
+            "requests": sum(r["requests"] for r in rs),
+        }
+    keys = [t[0] for t in TARGETS]
+    L = []
+    w = L.append
+    w(f"# guestgate benchmark — {cfg['date']} — {info['host']}")
+    w("")
+    w(f"Written by `bench/run.sh`{' (QUICK=1)' if QUICK else ''} in {elapsed / 60:.1f} min. "
+      "Every figure below comes from this run.")
+    w("")
+    w("## Machine")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    for k, label in (("cpu", "CPU"), ("cores", "cores"), ("mem", "memory"), ("kernel", "kernel"),
+                     ("guestgate", "guestgate commit"), ("rustc", "rustc"), ("nginx", "nginx"),
+                     ("njs", "njs (libnginx-mod-http-js)"), ("wrk", "wrk"), ("oha", "oha")):
+        w(f"| {label} | {info[k]} |")
+    w(f"| load average before / after | {load_before} / {load_after} |")
+    w("")
+    w("## Method")
+    w("")
+    if PIN:
+        w("- CPU pinning (taskset): every server under test (nginx proxy, nginx+njs, guestgate) runs on "
+          "**core 1** with **one** worker (nginx `worker_processes 1`, guestgate `TOKIO_WORKER_THREADS=1`); "
+          "the load generator (wrk, one thread) and the shared upstream (nginx, one worker) share **core 0**. "
+          "So each proxy gets the same CPU budget, one core, and does not fight the load generator for it.")
+    else:
+        w(f"- No pinning: servers use {SERVER_WORKERS} workers, wrk 2 threads, all sharing both cores.")
+    w(f"- Keep-alive clients: wrk 4.1 with a Lua script (POST, {os.path.getsize(BODY_FILE)}-byte guest message "
+      "with a client `id`, `Content-Type` and `Authorization` headers), "
+      f"concurrencies {', '.join(map(str, CONNS))}; {ROUNDS} round(s) of {DURATION} s per target and "
+      "concurrency, targets round-robin within each round (start rotated every round) so drift hits all "
+      f"alike; {WARMUP} s warm-up per target first. Figures are medians over rounds.")
+    w("- wrk is closed-loop: its latencies are service times under saturation and suffer from coordinated "
+      "omission. The fixed-rate table below uses oha `-q` with `--latency-correction` (open-loop, corrected).")
+    w(f"- nginx: access_log off, upstream `keepalive 1024`, `keepalive_requests` raised on both sides, "
+      f"HTTP/1.1 to the upstream. njs implementation: `{NJS_MODE}` "
+      f"({'js_set body rewrite + proxy_set_body through the keepalive pool' if NJS_MODE == 'js_set' else 'js_content + ngx.fetch'}).")
+    w("- Before measuring, each proxy's forwarded body was checked through the upstream's echo route "
+      "(nginx/guestgate pass-through: unchanged; njs/guestgate intercepted: `id` dropped, `to` set). "
+      f"Refusal of a malformed body: njs → {refusals.get('njs')}, guestgate → {refusals.get('gg_msg')}.")
+    w("- `proxy CPU` = user+system CPU time of the server's processes (all threads, from /proc) per request: "
+      "it does not depend on which side of the machine was the bottleneck.")
+    w("")
+    w("## Throughput (requests/s, median of rounds [min–max])")
+    w("")
+    w("| target | " + " | ".join(f"c={c}" for c in CONNS) + " |")
+    w("|---|" + "---:|" * len(CONNS))
+    for k in keys:
+        cells = []
+        for c in CONNS:
+            a = agg.get((k, c))
+            cells.append("–" if not a else f"{fmt_int(a['rps'])} [{fmt_int(a['rps_min'])}–{fmt_int(a['rps_max'])}]"
+                         + (f" ⚠ {a['errors']} errors" if a["errors"] else ""))
+        w(f"| {LABEL[k]} | " + " | ".join(cells) + " |")
+    w("")
+    w("## Latency under saturation (wrk, closed loop): p50 / p99 / p99.9 in ms")
+    w("")
+    w("| target | " + " | ".join(f"c={c}" for c in CONNS) + " |")
+    w("|---|" + "---:|" * len(CONNS))
+    for k in keys:
+        cells = []
+        for c in CONNS:
+            a = agg.get((k, c))
+            cells.append("–" if not a else f"{fmt_ms(a['p50'])} / {fmt_ms(a['p99'])} / {fmt_ms(a['p999'])}")
+        w(f"| {LABEL[k]} | " + " | ".join(cells) + " |")
+    w("")
+    w("## CPU: server CPU µs per request (and % of one core); core 0 / core 1 busy %")
+    w("")
+    w("| target | " + " | ".join(f"c={c}" for c in CONNS) + " |")
+    w("|---|" + "---:|" * len(CONNS))
+    for k in keys:
+        cells = []
+        for c in CONNS:
+            a = agg.get((k, c))
+            if not a:
+                cells.append("–")
+                continue
+            own = "" if a["cpu_us"] is None else f"{a['cpu_us']:.1f} µs ({a['cpu_pct']:.0f}%); "
+            cells.append(f"{own}cores {a['core0']:.0f}/{a['core1']:.0f}")
+        w(f"| {LABEL[k]} | " + " | ".join(cells) + " |")
+    w("")
+    w("## Ratios (same run)")
+    w("")
+    w("| ratio | " + " | ".join(f"c={c}" for c in CONNS) + " |")
+    w("|---|" + "---:|" * len(CONNS))
+
+    def rr(a, b, field="rps", inv=False):
+        out = []
+        for c in CONNS:
+            x, y = agg.get((a, c)), agg.get((b, c))
+            r = ratio(x and x[field], y and y[field])
+            out.append(r if not inv or r is None else 1 / r)
+        return out
+
+    ratio_rows = [
+        ("guestgate intercepted / nginx proxy_pass, req/s", rr("gg_msg", "nginx")),
+        ("guestgate intercepted / nginx+njs, req/s", rr("gg_msg", "njs")),
+        ("guestgate pass-through / nginx proxy_pass, req/s", rr("gg_pass", "nginx")),
+        ("nginx proxy_pass / guestgate intercepted, CPU per request", rr("nginx", "gg_msg", "cpu_us")),
+        ("nginx+njs / guestgate intercepted, CPU per request", rr("njs", "gg_msg", "cpu_us")),
+        ("nginx proxy_pass / guestgate pass-through, CPU per request", rr("nginx", "gg_pass", "cpu_us")),
+        ("guestgate intercepted p99 / nginx p99 (lower is better)", rr("gg_msg", "nginx", "p99")),
+    ]
+    for name, vals in ratio_rows:
+        w(f"| {name} | " + " | ".join(fmt_ratio(v) for v in vals) + " |")
+    w("")
+    w("## Fixed-rate latency, 32 connections (oha, open loop, coordinated-omission corrected)")
+    w("")
+    if fixed:
+        w(f"Rate {fixed_rate:,} requests/s for {FIXED_SECS} s per target (half of the slowest proxy's "
+          "measured c=32 throughput, so every target can keep up). p50 / p99 / p99.9 / max in ms.")
+        w("")
+        w("| target | achieved req/s | p50 | p99 | p99.9 | max | non-200 / errors |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for k in keys:
+            f = fixed.get(k)
+            if not f:
+                w(f"| {LABEL[k]} | – | – | – | – | – | – |")
+                continue
+            s = lambda v: "–" if v is None else f"{v * 1000:.2f}"  # noqa: E731
+            w(f"| {LABEL[k]} | {fmt_int(f['rps'])} | {s(f['p50'])} | {s(f['p99'])} | {s(f['p999'])} | "
+              f"{s(f['max'])} | {f['non200']} / {f['errors']} |")
+    else:
+        w("oha not available: fixed-rate latency not measured (wrk figures above are closed-loop).")
+    w("")
+    w(f"## Memory with {IDLE_CONNS} idle keep-alive connections")
+    w("")
+    w("Fresh server; each connection sends one POST on the intercepted route, reads the answer, then idles; "
+      "RSS read from /proc/<pid>/status while all connections are open (nginx: master + worker summed).")
+    w("")
+    w("| server | RSS at start | RSS with idle conns | peak RSS (VmHWM) | connections open |")
+    w("|---|---:|---:|---:|---:|")
+    g = rss.get("guestgate")
+    if g:
+        w(f"| guestgate | {g['start']['VmRSS'] / 1024:.1f} MiB | {g['VmRSS'] / 1024:.1f} MiB | "
+          f"{g['VmHWM'] / 1024:.1f} MiB | {g['open']} |")
+    n = rss.get("nginx")
+    if n:
+        w(f"| nginx proxy_pass (for comparison) | – | {n['VmRSS'] / 1024:.1f} MiB | {n['VmHWM'] / 1024:.1f} MiB | "
+          f"{n['open']} |")
+    w("")
+    w("## Sanitizer micro-benchmark (criterion, `benches/sanitize.rs`)")
+    w("")
+    if crit:
+        w("| benchmark | median | 95% CI |")
+        w("|---|---:|---:|")
+        for name, e in crit.items():
+            w(f"| {name} | {e['median_ns'] / 1000:.3f} µs | {e['lo_ns'] / 1000:.3f}–{e['hi_ns'] / 1000:.3f} µs |")
+    else:
+        w("not run (SKIP_CRITERION=1 or failed).")
+    w("")
+
+    # targets
+    w("## Targets")
+    w("")
+    w("| target | result | met? |")
+    w("|---|---|:---:|")
+
+    def judge(vals, thr, higher=True):
+        vs = [v for v in vals if v is not None]
+        if not vs:
+            return "–", "not measured"
+        ok = all(v >= thr for v in vs) if higher else all(v <= thr for v in vs)
+        return ("yes" if ok else "**no**"), ", ".join(
+            f"c={c}: {fmt_ratio(v)}" for c, v in zip(CONNS, vals))
+
+    for name, vals, thr in (
+        ("intercepted req/s ≥ 1.1x nginx proxy_pass", ratio_rows[0][1], 1.1),
+        ("intercepted req/s ≥ 2.5x nginx+njs", ratio_rows[1][1], 2.5),
+        ("pass-through req/s ≥ 1.1x nginx proxy_pass", ratio_rows[2][1], 1.1),
+    ):
+        met, txt = judge(vals, thr)
+        w(f"| {name} | {txt} | {met} |")
+    if 32 in CONNS:
+        a, b = agg.get(("gg_msg", 32)), agg.get(("nginx", 32))
+        if a and b:
+            txt = f"wrk: guestgate {fmt_ms(a['p99'])} ms vs nginx {fmt_ms(b['p99'])} ms"
+            ok = a["p99"] <= b["p99"]
+            if fixed and fixed.get("gg_msg") and fixed.get("nginx") and fixed["gg_msg"]["p99"] is not None:
+                fg, fn = fixed["gg_msg"]["p99"], fixed["nginx"]["p99"]
+                txt += f"; oha fixed-rate: {fg * 1000:.2f} ms vs {fn * 1000:.2f} ms"
+                ok = ok and fg <= fn
+            w(f"| p99 at 32 connections ≤ nginx proxy_pass | {txt} | {'yes' if ok else '**no**'} |")
+    if g:
+        w(f"| ≤ 30 MiB RSS with {IDLE_CONNS} idle connections | peak {g['VmHWM'] / 1024:.1f} MiB | "
+          f"{'yes' if g['VmHWM'] <= 30 * 1024 and g['open'] >= IDLE_CONNS else '**no**'} |")
+    if crit and "sanitize_bytes/200B" in crit:
+        v = crit["sanitize_bytes/200B"]["median_ns"]
+        w(f"| sanitizer ≤ 2 µs on the 200-byte message | {v / 1000:.3f} µs | {'yes' if v <= 2000 else '**no**'} |")
+    w("")
+    w("<details><summary>Raw per-round results</summary>")
+    w("")
+    w("| round | target | c | req/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/req | core0/core1 busy % |")
+    w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (key, c), rs in sorted(runs.items(), key=lambda kv: (kv[0][1], keys.index(kv[0][0]))):
+        for i, r in enumerate(rs):
+            cpu = "–" if r["proxy_us_per_req"] is None else f"{r['proxy_us_per_req']:.1f}"
+            w(f"| {i + 1} | {key} | {c} | {fmt_int(r['rps'])} | {fmt_ms(r['lat_p50_us'])} | {fmt_ms(r['lat_p99_us'])} | "
+              f"{fmt_ms(r['lat_p999_us'])} | {r['errors']} | {cpu} | "
+              f"{r['core_busy'].get(0, 0):.0f}/{r['core_busy'].get(1, 0):.0f} |")
+    w("")
+    w("</details>")
+    w("")
+    return "\n".join(L)
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    t_start = time.time()
+    if not os.path.exists(GUESTGATE):
+        raise SystemExit(f"{GUESTGATE} not built (bench/run.sh builds it)")
+    if PIN and os.cpu_count() < 2:
+        raise SystemExit("PIN=1 needs two cores")
+    os.makedirs(WORK, exist_ok=True)
+    os.makedirs(RESULTS, exist_ok=True)
+    for port in range(PORT_BASE, PORT_BASE + 8):
+        if not port_free(port):
+            raise SystemExit(f"port {port} is busy (set BENCH_PORT_BASE)")
+    info = machine_info()
+    load_before = open("/proc/loadavg").read().split()[:3]
+    servers = Servers()
+    njs_loc = {
+        "js_set": 'proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; '
+                  'proxy_set_body $guest_body;',
+        "fetch": f"set $bench_upstream_port {UPSTREAM_PORT}; js_content guest.content;",
+    }[NJS_MODE]
+    runs = {}
+    fixed = {}
+    fixed_rate = None
+    try:
+        servers.start_nginx("upstream", "upstream", UPSTREAM_PORT, LOADGEN_CPUS)
+        servers.start_nginx("nginx", "proxy", NGINX_PORT, PROXY_CPUS)
+        servers.start_nginx("njs", "njs", NJS_PORT, PROXY_CPUS, {"@NJS_LOCATION@": njs_loc})
+        servers.gg = servers.start_guestgate(GG_PORT, GG_ADMIN_PORT, PROXY_CPUS, SERVER_WORKERS)
+        problems, refusals = verify(servers)
+        if problems:
+            raise SystemExit("forwarding check failed:\n  " + "\n  ".join(problems))
+        log("forwarding checked: ok; refusals", refusals)
+        for key, _l, port, path in TARGETS:
+            log(f"warm-up {key}")
+            wrk(key, port, path, 32, WARMUP)
+        total = len(CONNS) * ROUNDS * len(TARGETS)
+        n = 0
+        for c in CONNS:
+            for rnd in range(ROUNDS):
+                order = TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)]
+                for key, _l, port, path in order:
+                    n += 1
+                    r = measure(servers, key, port, path, c, DURATION)
+                    runs.setdefault((key, c), []).append(r)
+                    log(f"[{n}/{total}] c={c} round {rnd + 1} {key}: {r['rps']:,.0f} req/s "
+                        f"p99 {r['lat_p99_us'] / 1000:.2f} ms errors {r['errors']} "
+                        f"cores {r['core_busy'].get(0, 0):.0f}/{r['core_busy'].get(1, 0):.0f}")
+        gg_after = read_status(servers.gg.pid)
+        log("guestgate after load:", gg_after)
+        # fixed-rate latency at c=32, below everyone's capacity
+        if 32 in CONNS:
+            slowest = min(statistics.median(x["rps"] for x in runs[(k, 32)]) for k in ("nginx", "njs", "gg_msg", "gg_pass"))
+            fixed_rate = int(slowest * 0.5 / 100) * 100 or 100
+            for key, _l, port, path in TARGETS:
+                f = oha_fixed(key, port, path, fixed_rate, FIXED_SECS)
+                if f is None:
+                    fixed = {}
+                    break
+                fixed[key] = f
+                log(f"fixed {fixed_rate}/s {key}: p99 {f['p99']}")
+        servers.stop_all()
+        servers = Servers()
+        servers.start_nginx("upstream", "upstream", UPSTREAM_PORT, LOADGEN_CPUS)
+        log(f"idle connections test ({IDLE_CONNS})")
+        rss = idle_rss(servers)
+        log("rss:", rss)
+    finally:
+        servers.stop_all()
+    log("criterion sanitizer benchmark")
+    crit = criterion()
+    load_after = open("/proc/loadavg").read().split()[:3]
+    now = datetime.datetime.now()
+    cfg = {"date": now.strftime("%Y-%m-%d %H:%M")}
+    md = report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, " ".join(load_before),
+                " ".join(load_after), time.time() - t_start)
+    name = f"{now.strftime('%Y-%m-%d')}-{info['host']}{'-quick' if QUICK else ''}.md"
+    path = os.path.join(RESULTS, name)
+    with open(path, "w") as f:
+        f.write(md)
+    raw = {"info": info, "runs": {f"{k}@{c}": v for (k, c), v in runs.items()}, "fixed": fixed,
+           "fixed_rate": fixed_rate, "rss": rss, "criterion": crit, "guestgate_after_load": gg_after}
+    with open(os.path.join(WORK, "last-run.json"), "w") as f:
+        json.dump(raw, f, indent=1)
+    print(md)
+    log(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# guestgate benchmark (issue 5): one command.
+#
+#   bench/run.sh            full run (~10 min once built)
+#   QUICK=1 bench/run.sh    short run (~2-3 min once built)
+#
+# Installs what it needs (Debian: nginx, njs module, echo module, wrk; crates.io:
+# oha for the fixed-rate latency run), builds guestgate in release mode into
+# target/bench, then runs bench/bench.py, which starts everything on loopback,
+# measures, and writes bench/results/<date>-<host>.md (and prints it).
+#
+# Knobs (environment): QUICK=1, ROUNDS, DURATION (s), CONNS (e.g. 1,32,256),
+# PIN=0 (no core pinning), NJS_MODE=js_set|fetch, SKIP_CRITERION=1,
+# NO_OHA=1 (do not install oha), BENCH_PORT_BASE (default 18081, uses 8 ports).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/bench}"
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_http_js_module.so ] || missing+=(libnginx-mod-http-js)
+[ -e /usr/lib/nginx/modules/ngx_http_echo_module.so ] || missing+=(libnginx-mod-http-echo)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v taskset >/dev/null || missing+=(util-linux)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bench: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if [ "${NO_OHA:-0}" != 1 ] && ! command -v oha >/dev/null; then
+  echo "bench: installing oha from crates.io (once; a few minutes)" >&2
+  cargo install oha --locked >&2
+fi
+
+# 1,000 idle connections and 256-connection runs need file descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+echo "bench: building guestgate (release) into $CARGO_TARGET_DIR" >&2
+cargo build --release --locked --bin guestgate >&2
+if [ "${SKIP_CRITERION:-0}" != 1 ]; then
+  cargo bench --locked --bench sanitize --no-run >&2
+fi
+
+exec python3 "$ROOT/bench/bench.py"
