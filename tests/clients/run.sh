@@ -7,8 +7,8 @@
 #
 # Installs what it needs when missing (npm ci, a venv from requirements.txt,
 # Debian's chromium and curl via apt-get as root), builds guestgate with
-# `cargo build`, runs the Node tests with `node --test` and the Python test with
-# pytest, prints "clients: N passed, M failed" and exits non-zero on any failure.
+# `cargo build` (unless GUESTGATE_BIN names a binary), runs the Node tests with
+# `node --test` and the Python test with pytest, prints "clients: N passed, M failed" and exits non-zero on any failure.
 set -euo pipefail
 
 CLIENTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -62,10 +62,14 @@ else
   cp requirements.txt .venv/requirements.txt.installed
 fi
 
-step "build guestgate (cargo build)"
-(cd "$ROOT" && cargo build --locked --bin guestgate)
-TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')"
-export GUESTGATE_BIN="$TARGET_DIR/debug/guestgate"
+if [ -n "${GUESTGATE_BIN:-}" ]; then
+  step "guestgate: using GUESTGATE_BIN (no build)"
+else
+  step "build guestgate (cargo build)"
+  (cd "$ROOT" && cargo build --locked --bin guestgate)
+  TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')"
+  export GUESTGATE_BIN="$TARGET_DIR/debug/guestgate"
+fi
 echo "GUESTGATE_BIN=$GUESTGATE_BIN"
 
 LOGS="$(mktemp -d)"
