@@ -14,7 +14,6 @@ const dc = require('node:diagnostics_channel');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const zlib = require('node:zlib');
 
 const home = fs.mkdtempSync(path.join(os.tmpdir(), 'guestgate-clients-home-'));
 process.env.HOME = home;
@@ -81,18 +80,35 @@ function assertSameResponse(sdkResponse, rec, label = '') {
   }
 }
 
-function gunzipIfNeeded(buf, headers) {
-  return headers['content-encoding'] === 'gzip' ? zlib.gunzipSync(buf) : buf;
+// Makes the same SDK call twice, first with the SDK pointed straight at the
+// upstream, then at guestgate (pointAt(baseUrl) sets the SDK's base URL), and
+// checks the pass-through contract on the pair. Returns the proxied call's SDK
+// response and both recorded requests.
+function directAndThrough({ upstream, guestgate, pointAt }) {
+  return async (label, call) => {
+    pointAt(upstream.url);
+    let n = upstream.requests.length;
+    const directRes = await call();
+    const direct = upstream.requests.slice(n);
+    assert.equal(direct.length, 1, `${label}: the direct call should reach the upstream once`);
+    assertSameResponse(directRes, direct[0], `${label} (direct)`);
+
+    pointAt(guestgate.url);
+    n = upstream.requests.length;
+    const res = await call();
+    const proxied = upstream.requests.slice(n);
+    assert.equal(proxied.length, 1, `${label}: the call through guestgate should reach the upstream once`);
+    assertSameRequest(direct[0], proxied[0], label);
+    assertSameResponse(res, proxied[0], label);
+    return { res, direct: direct[0], proxied: proxied[0] };
+  };
 }
 
 module.exports = {
-  home,
   outgoing,
   assertOnlyLoopback,
   assertSameRequest,
   assertSameResponse,
+  directAndThrough,
   upstreamJson,
-  endToEnd,
-  gunzipIfNeeded,
-  PROXY_ADDED,
 };

@@ -311,7 +311,6 @@ function startUpstream({ host = '127.0.0.1', port = 0, compress = true } = {}) {
         requests,
         conversations,
         reset() { requests.length = 0; },
-        since(n) { return requests.slice(n); },
         close() {
           return new Promise((r) => {
             server.closeAllConnections();
@@ -323,4 +322,4 @@ function startUpstream({ host = '127.0.0.1', port = 0, compress = true } = {}) {
   });
 }
 
-module.exports = { startUpstream, PLATFORM_TOKENS };
+module.exports = { startUpstream };

@@ -38,29 +38,12 @@ function pointAt(baseUrl) {
   client.defaultHeaders = {};
 }
 
-// Runs the same SDK call against the upstream directly and through guestgate
-// and checks the pass-through contract on the pair.
-async function directAndThroughGuestgate(label, call) {
-  pointAt(upstream.url);
-  let n = upstream.requests.length;
-  const directRes = await call();
-  const direct = upstream.requests.slice(n);
-  assert.equal(direct.length, 1, `${label}: the direct call should reach the upstream once`);
-  h.assertSameResponse(directRes, direct[0], `${label} (direct)`);
-
-  pointAt(gg.url);
-  n = upstream.requests.length;
-  const res = await call();
-  const proxied = upstream.requests.slice(n);
-  assert.equal(proxied.length, 1, `${label}: the call through guestgate should reach the upstream once`);
-  h.assertSameRequest(direct[0], proxied[0], label);
-  h.assertSameResponse(res, proxied[0], label);
-  return { res, direct: direct[0], proxied: proxied[0] };
-}
+let directAndThroughGuestgate;
 
 before(async () => {
   upstream = await startUpstream();
   gg = await startGuestgate({ upstreamUrl: upstream.url, to: { id: 'queue-123' } });
+  directAndThroughGuestgate = h.directAndThrough({ upstream, guestgate: gg, pointAt });
   client.setReturnExtendedResponses(true);
 });
 
