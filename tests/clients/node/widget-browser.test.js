@@ -71,12 +71,16 @@ async function openWidget(site) {
   page.on('console', (m) => consoleLines.push(m.text()));
   const failedRequests = [];
   page.on('requestfailed', (r) => failedRequests.push(`${r.method()} ${r.url()} ${r.failure()?.errorText}`));
+  const gatewayResponses = [];
+  page.on('response', async (r) => {
+    if (r.url().startsWith(gg.url)) gatewayResponses.push({ method: r.request().method(), url: r.url(), status: r.status(), headers: await r.allHeaders() });
+  });
   await page.goto(`${site.origin}/index.html?gateway=${encodeURIComponent(gg.url)}`);
-  return { page, consoleLines, failedRequests };
+  return { page, consoleLines, failedRequests, gatewayResponses };
 }
 
 test('a page on an allowed origin creates a chat and sends a message through guestgate', async () => {
-  const { page, consoleLines } = await openWidget(allowedSite);
+  const { page, consoleLines, gatewayResponses } = await openWidget(allowedSite);
   try {
     const n = upstream.requests.length;
     await page.fill('#name', 'Chromium Guest');
@@ -112,6 +116,12 @@ test('a page on an allowed origin creates a chat and sends a message through gue
     assert.equal(agentLine, `${reply.from.nickname}${reply.text}`);
     assert.equal(reply.text, `Thanks! Queue queue-123 received "${text}".`);
     assert.equal((await page.textContent('#log li.guest')).trim(), `You${text}`);
+
+    // The browser let the page read both answers because guestgate (the
+    // upstream sends no CORS headers) allowed this origin.
+    const posts = gatewayResponses.filter((r) => r.method === 'POST');
+    assert.equal(posts.length, 2, JSON.stringify(gatewayResponses, null, 1));
+    for (const r of posts) assert.equal(r.headers['access-control-allow-origin'], allowedSite.origin, r.url);
 
     await page.screenshot({ path: path.join(ARTIFACTS, 'widget-allowed-origin.png') });
     assert.deepEqual(consoleLines.filter((l) => /CORS|Failed to load/i.test(l)), []);
