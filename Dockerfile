@@ -12,7 +12,7 @@
 #   RUSTFLAGS="-C target-feature=+crt-static" \
 #     cargo build --locked --release --target x86_64-unknown-linux-gnu
 #   mkdir -p /tmp/gg-bin && cp target/x86_64-unknown-linux-gnu/release/guestgate /tmp/gg-bin/
-#   podman build --build-context binary=/tmp/gg-bin -t guestgate .
+#   podman build --no-cache --format docker --build-context binary=/tmp/gg-bin -t guestgate .
 #
 # (`--build-context` is supported by docker buildx, podman >= 4.2 and
 # buildah >= 1.27; the builder stage is then not built at all.)

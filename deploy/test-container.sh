@@ -131,6 +131,27 @@ passthrough_unchanged() { # status
     "body == {'id': 'keep-me'} and req['path'].endswith('/conv-42/other') and 'to' not in body"
 }
 
+write_config_c() { # to_id upstream_port: atomically (re)writes $WORK/config/guestgate.toml
+  cat >"$WORK/config/.guestgate.toml.new" <<EOF
+[upstream]
+base_url = "http://upstream-files.guestgate.test:$2"
+
+[guest_messages.to]
+id = "$1"
+EOF
+  chmod 0644 "$WORK/config/.guestgate.toml.new"
+  mv -f "$WORK/config/.guestgate.toml.new" "$WORK/config/guestgate.toml"
+}
+
+image_binary_is() { # expected_file
+  local c ok=1
+  c="$(podman create "$IMAGE" 2>/dev/null)" || return 1
+  podman cp "$c:/usr/local/bin/guestgate" "$WORK/image-binary" >/dev/null 2>&1 \
+    && cmp -s "$1" "$WORK/image-binary" && ok=0
+  podman rm "$c" >/dev/null 2>&1 || true
+  return "$ok"
+}
+
 container_running() { [ "$(podman inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ]; }
 
 main() {
@@ -168,22 +189,25 @@ main() {
     bash -c "! readelf -dW '$WORK/bin/guestgate' | grep -q NEEDED"
 
   # ------------------------------------------------------------ image
-  # The command the README documents; --format docker keeps HEALTHCHECK
-  # (the OCI image format has no field for it), --timestamp 0 makes the
-  # image reproducible for a given binary.
-  log "podman build --format docker --timestamp 0 --build-context binary=$WORK/bin -t $IMAGE ."
-  podman build --quiet --format docker --timestamp 0 \
-    --build-context "binary=$WORK/bin" -t "$IMAGE" . >"$WORK/image-id"
+  # The command the README documents. --format docker keeps HEALTHCHECK (the
+  # OCI image format has no field for it); --timestamp 0 makes the layers
+  # reproducible; --no-cache because buildah's layer cache ignores
+  # --timestamp (a cached layer from an earlier build would come back).
+  log "podman build --no-cache --format docker --timestamp 0 --build-context binary=$WORK/bin -t $IMAGE ."
+  podman build --quiet --no-cache --format docker --timestamp 0 \
+    --build-context "binary=$WORK/bin" -t "$IMAGE" . >/dev/null
   # Docker-format image configs carry a random build container id and
-  # hostname (buildah 1.28 has no option to pin them), so reproducibility is
-  # judged on the content: the layer digests of a --no-cache rebuild.
+  # hostname (buildah 1.28 cannot pin them), so reproducibility is judged on
+  # the content: the layer digests of a second build.
   local layers1 layers2
   layers1="$(podman image inspect -f '{{json .RootFS.Layers}}' "$IMAGE")"
   podman build --quiet --no-cache --format docker --timestamp 0 \
     --build-context "binary=$WORK/bin" -t "$IMAGE" . >/dev/null
   layers2="$(podman image inspect -f '{{json .RootFS.Layers}}' "$IMAGE")"
-  check "image layers are reproducible (--no-cache rebuild of the same binary: $layers2)" \
+  check "image layers are reproducible (second build of the same binary: $layers2)" \
     test "$layers1" = "$layers2"
+  check "the image holds exactly the binary that was built" \
+    image_binary_is "$WORK/bin/guestgate"
 
   local size user
   size="$(podman image inspect -f '{{.Size}}' "$IMAGE")"
@@ -316,18 +340,13 @@ EOF
   log "run C: mounted config file, upstream resolved through /etc/hosts"
   local cc=guestgate-test-c-$$ p_c a_c
   p_c="$(free_port)"; a_c="$(free_port)"
-  cat >"$WORK/guestgate.toml" <<EOF
-[upstream]
-base_url = "http://upstream-files.guestgate.test:$up_port"
-
-[guest_messages.to]
-id = "queue-c"
-EOF
+  mkdir -p "$WORK/config"
+  write_config_c queue-c "$up_port"
   CONTAINERS+=("$cc")
   podman run -d --name "$cc" --network host \
     -v "$WORK/resolv.conf:/etc/resolv.conf:ro,Z" \
     --add-host upstream-files.guestgate.test:127.0.0.1 \
-    -v "$WORK/guestgate.toml:/etc/guestgate/guestgate.toml:ro,Z" \
+    -v "$WORK/config:/etc/guestgate:ro,Z" \
     -e GUESTGATE__SERVER__LISTEN="127.0.0.1:$p_c" \
     -e GUESTGATE__ADMIN__LISTEN="127.0.0.1:$a_c" \
     "$IMAGE" --config /etc/guestgate/guestgate.toml >/dev/null 2>"$WORK/run-c.err"
@@ -341,6 +360,22 @@ EOF
     last_request "$WORK/upstream.jsonl" "'id' not in body and body.get('to') == {'id': 'queue-c'} and body.get('body') == 'from file'"
   check "run C: upstream-files.guestgate.test came from /etc/hosts (request went through, no DNS query for it)" \
     bash -c "[ '$status' = 200 ] && ! grep -q '^upstream-files' '$WORK/dns.log'"
+
+  # Reload: replace the file the way the kubelet updates a ConfigMap volume
+  # (write a new file, rename it over the old one), then SIGHUP.
+  write_config_c queue-c-reloaded "$up_port"
+  podman kill --signal HUP "$cc" >/dev/null
+  local reloaded=1
+  for ((i = 0; i < 25; i++)); do
+    curl -sS -o /dev/null -X POST "http://127.0.0.1:$p_c$ROUTE" \
+      -H 'Content-Type: application/json' --data '{"id":"x","body":"after reload"}' 2>/dev/null || true
+    if last_request "$WORK/upstream.jsonl" "body.get('to') == {'id': 'queue-c-reloaded'}" 2>/dev/null; then
+      reloaded=0; break
+    fi
+    sleep 0.2
+  done
+  check "run C: SIGHUP reloads the mounted file (to.id becomes 'queue-c-reloaded')" test "$reloaded" = 0
+  check "run C: the proxy is still running after SIGHUP" container_running "$cc"
   if [ "$FAILED" -gt 0 ]; then podman logs "$cc" 2>&1 | tail -20 | sed 's/^/   c| /'; fi
 
   echo
