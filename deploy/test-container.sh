@@ -21,6 +21,8 @@ UPSTREAM_ANSWER='{"id":"upstream-message-1","status":"queued"}'
 PASSED=0
 FAILED=0
 CONTAINERS=()
+# What deploy/kubernetes/deployment.yaml's securityContext asks for.
+HARDENING=(--read-only --cap-drop ALL --security-opt no-new-privileges)
 PIDS=()
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -247,7 +249,7 @@ EOF
   log "run A: image defaults, --network none"
   local ca=guestgate-test-a-$$
   CONTAINERS+=("$ca")
-  podman run -d --name "$ca" --network none \
+  podman run -d --name "$ca" --network none "${HARDENING[@]}" \
     -e GUESTGATE__GUEST_MESSAGES__TO__ID=queue-a "$IMAGE" >/dev/null 2>"$WORK/run-a.err"
   local i healthy=1
   for ((i = 0; i < 50; i++)); do
@@ -292,7 +294,7 @@ EOF
   local cb=guestgate-test-b-$$ p_b a_b
   p_b="$(free_port)"; a_b="$(free_port)"
   CONTAINERS+=("$cb")
-  podman run -d --name "$cb" --network host \
+  podman run -d --name "$cb" --network host "${HARDENING[@]}" \
     -v "$WORK/resolv.conf:/etc/resolv.conf:ro,Z" \
     -e GUESTGATE__SERVER__LISTEN="127.0.0.1:$p_b" \
     -e GUESTGATE__ADMIN__LISTEN="127.0.0.1:$a_b" \
@@ -300,6 +302,11 @@ EOF
     -e GUESTGATE__GUEST_MESSAGES__TO__ID=queue-b \
     -e GUESTGATE__LOG__FORMAT=json \
     "$IMAGE" >/dev/null 2>"$WORK/run-b.err"
+  local pid_b
+  pid_b="$(podman inspect -f '{{.State.Pid}}' "$cb")"
+  check "run B: read-only root filesystem, empty capability bounding set, no_new_privs" \
+    test "$(podman inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$cb") $(awk '/^(CapBnd|CapEff|NoNewPrivs):/ {printf "%s ", $2}' "/proc/$pid_b/status" 2>/dev/null)" \
+      = "true 0000000000000000 0000000000000000 1 "
   check "run B: admin /readyz answers 200" wait_http_200 "http://127.0.0.1:$a_b/readyz" 20
   check "run B: admin /healthz answers 200" wait_http_200 "http://127.0.0.1:$a_b/healthz" 5
   check "run B: 'guestgate healthcheck' inside the container exits 0" \
@@ -343,7 +350,7 @@ EOF
   mkdir -p "$WORK/config"
   write_config_c queue-c "$up_port"
   CONTAINERS+=("$cc")
-  podman run -d --name "$cc" --network host \
+  podman run -d --name "$cc" --network host "${HARDENING[@]}" \
     -v "$WORK/resolv.conf:/etc/resolv.conf:ro,Z" \
     --add-host upstream-files.guestgate.test:127.0.0.1 \
     -v "$WORK/config:/etc/guestgate:ro,Z" \
