@@ -44,6 +44,8 @@ cleanup() {
     kill "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
+  # Untagged images left by the --no-cache builds (this storage is ours alone).
+  podman image prune -f >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
