@@ -359,7 +359,16 @@ def target_pids(servers, key):
     return [servers.gg.pid]
 
 
-def oha_fixed(key, port, path, rate, secs):
+def oha_fixed(servers, key, port, path, rate, secs):
+    pids = target_pids(servers, key)
+    cpu0 = proc_cpu(pids)
+    res = _oha_fixed(key, port, path, rate, secs)
+    if res is not None and key != "direct" and res["ok"]:
+        res["cpu_us"] = (proc_cpu(pids) - cpu0) / (res["ok"] + res["non200"]) * 1e6
+    return res
+
+
+def _oha_fixed(key, port, path, rate, secs):
     oha = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
     if not os.path.exists(oha):
         return None
@@ -386,6 +395,7 @@ def oha_fixed(key, port, path, rate, secs):
         "errors": sum(j.get("errorDistribution", {}).values()),
         "p50": pct.get("p50"), "p99": pct.get("p99"), "p999": pct.get("p99.9"),
         "max": summary.get("slowest"),
+        "cpu_us": None,
     }
 
 
@@ -632,16 +642,24 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
         w(f"Rate {fixed_rate:,} requests/s for {FIXED_SECS} s per target (half of the slowest proxy's "
           "measured c=32 throughput, so every target can keep up). p50 / p99 / p99.9 / max in ms.")
         w("")
-        w("| target | achieved req/s | p50 | p99 | p99.9 | max | non-200 / errors |")
-        w("|---|---:|---:|---:|---:|---:|---:|")
+        w("| target | achieved req/s | p50 | p99 | p99.9 | max | non-200 / errors | server CPU µs/req |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
         for k in keys:
             f = fixed.get(k)
             if not f:
-                w(f"| {LABEL[k]} | – | – | – | – | – | – |")
+                w(f"| {LABEL[k]} | – | – | – | – | – | – | – |")
                 continue
             s = lambda v: "–" if v is None else f"{v * 1000:.2f}"  # noqa: E731
             w(f"| {LABEL[k]} | {fmt_int(f['rps'])} | {s(f['p50'])} | {s(f['p99'])} | {s(f['p999'])} | "
-              f"{s(f['max'])} | {f['non200']} / {f['errors']} |")
+              f"{s(f['max'])} | {f['non200']} / {f['errors']} | "
+              f"{'–' if f.get('cpu_us') is None else format(f['cpu_us'], '.1f')} |")
+        cpu = {k: (fixed.get(k) or {}).get("cpu_us") for k in keys}
+        if cpu.get("nginx") and cpu.get("gg_msg"):
+            w("")
+            w(f"At this same request rate the servers' CPU cost per request is the cleanest efficiency "
+              f"comparison: guestgate intercepted {cpu['gg_msg']:.1f} µs, guestgate pass-through "
+              f"{cpu['gg_pass']:.1f} µs, nginx proxy_pass {cpu['nginx']:.1f} µs, nginx+njs {cpu['njs']:.1f} µs "
+              f"(guestgate intercepted uses {cpu['gg_msg'] / cpu['nginx']:.2f}x nginx's CPU per request).")
     else:
         w("oha not available: fixed-rate latency not measured (wrk figures above are closed-loop).")
     w("")
@@ -781,7 +799,7 @@ def main():
             slowest = min(statistics.median(x["rps"] for x in runs[(k, 32)]) for k in ("nginx", "njs", "gg_msg", "gg_pass"))
             fixed_rate = int(slowest * 0.5 / 100) * 100 or 100
             for key, _l, port, path in TARGETS:
-                f = oha_fixed(key, port, path, fixed_rate, FIXED_SECS)
+                f = oha_fixed(servers, key, port, path, fixed_rate, FIXED_SECS)
                 if f is None:
                     fixed = {}
                     break

@@ -28,9 +28,14 @@ use crate::proxy::{self, AppState};
 
 /// Builds the proxy's router: every path goes to the proxy handler.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .fallback(proxy::handle)
-        .with_state(state)
+    with_middleware(Router::new().fallback(proxy::handle).with_state(state))
+}
+
+/// The middleware every proxied request goes through: request id and log
+/// span outermost, then panic isolation (a panicking request gets a 500
+/// problem and the server keeps serving).
+pub fn with_middleware(router: Router) -> Router {
+    router
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(crate::telemetry::request_span))
 }

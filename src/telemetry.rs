@@ -12,19 +12,29 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::HeaderValue;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{LogFormat, LogSettings};
 
 /// The header carrying the request id to the upstream and back to the client.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// Installs the global subscriber; `RUST_LOG` wins over `log.level`.
-/// Calling it twice is harmless (tests start several proxies).
+/// Installs the global subscriber writing to stdout; `RUST_LOG` wins over
+/// `log.level`. Calling it twice is harmless (tests start several proxies).
 pub fn init(settings: &LogSettings) {
+    init_with_writer(settings, std::io::stdout);
+}
+
+/// Like [`init`], writing somewhere else (tests capture logs with this).
+pub fn init_with_writer<W>(settings: &LogSettings, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(writer)
         .with_target(false);
     let _ = match settings.format {
         LogFormat::Json => builder
@@ -33,7 +43,9 @@ pub fn init(settings: &LogSettings) {
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .try_init(),
     };
 }
 
