@@ -123,10 +123,22 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = connection_service(app.clone(), ClientInfo { peer, tls: false });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let first_bytes_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // hyper's header-read timeout starts once the protocol is known;
+            // a client that sends nothing (or a slow h2 preface) is dropped here.
+            if tokio::time::timeout(first_bytes_timeout, protocol_known(&stream))
+                .await
+                .is_err()
+            {
+                tracing::debug!(%peer, "no request within the header read timeout");
+                drop(permit);
+                return;
+            }
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -139,6 +151,22 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown timeout reached; closing remaining connections");
+    }
+}
+
+/// The HTTP/2 client preface; hyper-util's protocol detection waits for it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Resolves once the first bytes tell HTTP/1 from HTTP/2 (or the peer
+/// closed), without consuming them.
+async fn protocol_known(stream: &tokio::net::TcpStream) {
+    let mut buf = [0u8; 24];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
     }
 }
 
