@@ -4,14 +4,15 @@
 //! Everything is validated before the proxy binds a port, and each problem is
 //! reported as one line naming the setting, so a bad deployment fails fast.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::routing::RouteTemplate;
@@ -23,7 +24,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "GUESTGATE";
 
 /// How the configured `to` meets a client-sent one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToPolicy {
     /// A guest never chooses its own target.
@@ -33,7 +34,7 @@ pub enum ToPolicy {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable, for terminals.
@@ -43,7 +44,7 @@ pub enum LogFormat {
 }
 
 /// All settings, as read from the layered sources.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// The client-facing listener.
@@ -56,10 +57,12 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Cross-origin access for browser widgets.
+    pub cors: CorsSettings,
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Address to listen on.
@@ -78,10 +81,25 @@ pub struct ServerSettings {
     pub idle_timeout_secs: u64,
     /// Grace period for in-flight requests on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// An upgraded (WebSocket) connection idle this long in both directions is closed.
+    pub upgrade_idle_timeout_secs: u64,
+    /// Serve HTTPS (HTTP/2 via ALPN) instead of plain HTTP/1.1 and h2c.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// `[upstream]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSettings {
     /// Base URL every request is forwarded to.
@@ -97,7 +115,7 @@ pub struct UpstreamSettings {
 }
 
 /// `[guest_messages]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestMessagesSettings {
     /// Route template of the intercepted route.
@@ -112,18 +130,66 @@ pub struct GuestMessagesSettings {
     pub to_policy: ToPolicy,
     /// Forward unchanged, only log and count what would change.
     pub report_only: bool,
+    /// Per-site targets: an Origin (`https://shop.example.com`) or host name
+    /// (`shop.example.com`) mapped to the `to` used for its requests.
+    #[serde(default)]
+    pub to_by_origin: BTreeMap<String, serde_json::Map<String, Value>>,
+    /// Opt-in retries of the intercepted route.
+    pub retry: RetrySettings,
+}
+
+/// `[guest_messages.retry]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Tries in all, including the first; 1 disables retrying.
+    pub attempts: u32,
+    /// Base delay before the first retry; doubles per retry, with full jitter.
+    pub backoff_ms: u64,
+    /// Upper bound of one delay.
+    pub max_backoff_ms: u64,
+    /// Upstream statuses that are retried (connect failures always are).
+    #[serde(deserialize_with = "status_list")]
+    pub statuses: Vec<u16>,
+}
+
+/// `[cors]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Origins allowed to call through the proxy: exact (`https://a.example`)
+    /// or one leading wildcard label (`https://*.example.com`). Empty disables CORS.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_origins: Vec<String>,
+    /// Methods allowed in preflight answers.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_methods: Vec<String>,
+    /// Request headers allowed in preflight answers.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_headers: Vec<String>,
+    /// Response headers a page may read beyond the CORS-safelisted ones.
+    #[serde(deserialize_with = "string_list")]
+    pub expose_headers: Vec<String>,
+    /// Allow cookies and Authorization on cross-origin requests.
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    pub max_age_secs: u64,
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// Address of the admin listener; empty disables it.
     pub listen: String,
+    /// How often `/readyz`'s cached upstream connect check runs.
+    pub readiness_interval_secs: u64,
+    /// How often the `--config` file is checked for changes (0: only SIGHUP reloads).
+    pub config_watch_interval_secs: u64,
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// Output format.
@@ -149,6 +215,31 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
             .map(str::to_owned)
             .collect(),
     })
+}
+
+/// Accepts a TOML list of numbers or a comma-separated string of them.
+fn status_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Numbers(Vec<u16>),
+        Strings(Vec<String>),
+        One(String),
+    }
+    let strings = match List::deserialize(d)? {
+        List::Numbers(v) => return Ok(v),
+        List::Strings(v) => v,
+        List::One(s) => s.split(',').map(str::to_owned).collect(),
+    };
+    strings
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a status code")))
+        })
+        .collect()
 }
 
 /// Start-up configuration problems, one line each.
@@ -198,8 +289,14 @@ pub struct Config {
     pub upstream: BaseUrl,
     /// Parsed `guest_messages.path`.
     pub route: RouteTemplate,
-    /// The sanitizing policy.
+    /// The sanitizing policy with the default `to`.
     pub policy: crate::sanitize::Policy,
+    /// Policies for `guest_messages.to_by_origin`, keyed by lower-case origin or host.
+    pub policies_by_origin: HashMap<String, crate::sanitize::Policy>,
+    /// Parsed `[cors]` origins; empty when CORS is off.
+    pub cors_origins: Vec<crate::cors::OriginPattern>,
+    /// Loaded `[server.tls]` certificate and key.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Config {
@@ -301,6 +398,45 @@ impl Config {
         if settings.server.max_header_bytes < 8192 {
             problems.push("server.max_header_bytes: must be at least 8192".into());
         }
+        let mut policies_by_origin = HashMap::new();
+        for (key, to) in &settings.guest_messages.to_by_origin {
+            if to.is_empty() {
+                problems.push(format!(
+                    "guest_messages.to_by_origin.{key}: must have at least one field, e.g. id"
+                ));
+                continue;
+            }
+            policies_by_origin.insert(
+                key.trim().trim_end_matches('/').to_ascii_lowercase(),
+                crate::sanitize::Policy::new(
+                    settings.guest_messages.strip.clone(),
+                    Value::Object(to.clone()),
+                    settings.guest_messages.to_policy,
+                ),
+            );
+        }
+        let retry = &settings.guest_messages.retry;
+        if !(1..=10).contains(&retry.attempts) {
+            problems
+                .push("guest_messages.retry.attempts: must be between 1 (no retry) and 10".into());
+        }
+        if let Some(bad) = retry.statuses.iter().find(|s| !(100..=599).contains(*s)) {
+            problems.push(format!(
+                "guest_messages.retry.statuses: {bad} is not an HTTP status"
+            ));
+        }
+        if settings.server.upgrade_idle_timeout_secs == 0 {
+            problems.push("server.upgrade_idle_timeout_secs: must be greater than 0".into());
+        }
+        if settings.admin.readiness_interval_secs == 0 {
+            problems.push("admin.readiness_interval_secs: must be greater than 0".into());
+        }
+        let cors_origins = crate::cors::check_settings(&settings.cors, &mut problems);
+        let tls = settings.server.tls.as_ref().and_then(|tls| {
+            crate::tls::server_config(tls)
+                .map_err(|e| problems.push(e.to_string()))
+                .ok()
+        });
         if settings.guest_messages.strip.iter().any(|k| k == "to") {
             problems.push(
                 "guest_messages.strip: must not contain \"to\", which is set by guest_messages.to"
@@ -321,6 +457,9 @@ impl Config {
                     upstream,
                     route,
                     policy,
+                    policies_by_origin,
+                    cors_origins,
+                    tls,
                 })
             }
             _ => Err(ConfigError { problems }),
@@ -337,9 +476,100 @@ impl Config {
         Duration::from_millis(self.settings.server.body_read_timeout_ms)
     }
 
+    /// The policy for a request: its Origin, then its Host, looked up in
+    /// `guest_messages.to_by_origin`; the default target otherwise.
+    pub fn policy_for(&self, headers: &http::HeaderMap) -> &crate::sanitize::Policy {
+        if self.policies_by_origin.is_empty() {
+            return &self.policy;
+        }
+        let lookup = |value: &str| {
+            self.policies_by_origin
+                .get(&value.trim().trim_end_matches('/').to_ascii_lowercase())
+        };
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let origin = header(http::header::ORIGIN);
+        let host = header(http::header::HOST);
+        origin
+            .and_then(lookup)
+            .or_else(|| {
+                origin
+                    .and_then(|o| o.split_once("://"))
+                    .and_then(|(_, h)| lookup(h))
+            })
+            .or_else(|| host.and_then(lookup))
+            .or_else(|| {
+                host.and_then(|h| h.rsplit_once(':'))
+                    .and_then(|(h, _)| lookup(h))
+            })
+            .unwrap_or(&self.policy)
+    }
+
+    /// The effective settings as TOML, with secrets masked, for `guestgate check`.
+    pub fn effective_toml(&self) -> String {
+        let mut settings = self.settings.clone();
+        settings.upstream.base_url = format!(
+            "{}://{}{}",
+            self.upstream.scheme, self.upstream.authority, self.upstream.path_prefix
+        );
+        let mut value = serde_json::to_value(&settings).unwrap_or(Value::Null);
+        mask_secrets(&mut value);
+        match to_toml(value) {
+            Some(table) => toml::to_string_pretty(&table).unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+
     /// `server.shutdown_timeout_secs` as a duration.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.settings.server.shutdown_timeout_secs)
+    }
+}
+
+/// JSON to TOML for display; nulls (unset options) are left out.
+fn to_toml(value: Value) -> Option<toml::Value> {
+    Some(match value {
+        Value::Null => return None,
+        Value::Bool(b) => toml::Value::Boolean(b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => toml::Value::Integer(i),
+            (None, Some(f)) if n.to_string().parse::<f64>().is_ok() => toml::Value::Float(f),
+            _ => toml::Value::String(n.to_string()),
+        },
+        Value::String(s) => toml::Value::String(s),
+        Value::Array(items) => toml::Value::Array(items.into_iter().filter_map(to_toml).collect()),
+        Value::Object(map) => toml::Value::Table(
+            map.into_iter()
+                .filter_map(|(k, v)| Some((k, to_toml(v)?)))
+                .collect(),
+        ),
+    })
+}
+
+/// Replaces the values of keys that name a secret, at any depth.
+fn mask_secrets(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                let key = key.to_ascii_lowercase();
+                if [
+                    "secret",
+                    "token",
+                    "password",
+                    "authorization",
+                    "cookie",
+                    "api_key",
+                ]
+                .iter()
+                .any(|s| key.contains(s))
+                {
+                    *value = Value::String("********".into());
+                } else {
+                    mask_secrets(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        _ => {}
     }
 }
 

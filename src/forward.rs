@@ -11,6 +11,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{BaseUrl, Config};
 use crate::error::ProxyError;
@@ -39,7 +40,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    connector: HttpsConnector<HttpConnector>,
     base: BaseUrl,
+    connect_timeout: Duration,
     response_timeout: Duration,
 }
 
@@ -62,11 +65,25 @@ impl Upstream {
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(https);
+            .build(https.clone());
         Self {
             client,
+            connector: https,
             base: config.upstream.clone(),
+            connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
             response_timeout: Duration::from_millis(settings.response_timeout_ms),
+        }
+    }
+
+    /// Opens (and drops) one TCP connection, with the TLS handshake for
+    /// https, to tell whether the upstream is reachable; `/readyz` caches it.
+    pub async fn probe(&self) -> Result<(), String> {
+        let uri = self.uri_for("/", None);
+        let connect = tower::ServiceExt::oneshot(self.connector.clone(), uri);
+        match tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), connect).await {
+            Ok(Ok(_connection)) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.base.authority)),
+            Err(_) => Err(format!("connect to {} timed out", self.base.authority)),
         }
     }
 
@@ -207,9 +224,16 @@ pub fn prepare_response(response: &mut Response<Body>) {
 }
 
 /// Splices an upgraded client connection to the upgraded upstream connection
-/// until either side closes.
-pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// until either side closes or no byte moved either way for `idle`.
+/// `guard` lives as long as the splice (it keeps the open-upgrades gauge).
+pub fn splice_upgrade<G: Send + 'static>(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    guard: G,
+) {
     tokio::spawn(async move {
+        let _guard = guard;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
@@ -217,17 +241,46 @@ pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrad
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        match splice(TokioIo::new(client), TokioIo::new(upstream), idle).await {
             Ok((up, down)) => tracing::debug!(
                 bytes_up = up,
                 bytes_down = down,
                 "upgraded connection closed"
             ),
-            Err(e) => tracing::debug!(error = %e, "upgraded connection failed"),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
         }
     });
+}
+
+/// Copies both ways; every read restarts the idle timer. A side that closes
+/// its write half has the close passed on; the splice ends when both did.
+async fn splice<A, B>(a: A, b: B, idle: Duration) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let mut a_buf = vec![0u8; 16 * 1024];
+    let mut b_buf = vec![0u8; 16 * 1024];
+    let (mut a_open, mut b_open) = (true, true);
+    let (mut up, mut down) = (0u64, 0u64);
+    while a_open || b_open {
+        tokio::select! {
+            read = a_read.read(&mut a_buf), if a_open => match read? {
+                0 => { a_open = false; b_write.shutdown().await?; }
+                n => { b_write.write_all(&a_buf[..n]).await?; up += n as u64; }
+            },
+            read = b_read.read(&mut b_buf), if b_open => match read? {
+                0 => { b_open = false; a_write.shutdown().await?; }
+                n => { a_write.write_all(&b_buf[..n]).await?; down += n as u64; }
+            },
+            () = tokio::time::sleep(idle) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout"));
+            }
+        }
+    }
+    Ok((up, down))
 }
 
 #[cfg(test)]

@@ -6,14 +6,18 @@
 
 pub mod admin;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod gateway;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod sanitize;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
-pub use server::{Running, start};
+pub use server::{Running, start, start_with_source};

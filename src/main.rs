@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use guestgate::Config;
+use guestgate::config::ConfigError;
+use guestgate::gateway::ConfigSource;
 
 /// Sanitizing reverse proxy for guest chat messaging APIs.
 #[derive(Parser)]
@@ -19,10 +21,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy (the default).
+    /// Run the proxy (the default). SIGHUP reloads the configuration.
     Run,
     /// Run the proxy in front of a built-in echo upstream and print a request to try.
     Demo,
+    /// Validate the configuration and print the effective settings (secrets masked).
+    Check,
+    /// Exit 0 when the admin listener's /healthz answers 200 (for container HEALTHCHECK).
+    Healthcheck,
 }
 
 fn main() -> ExitCode {
@@ -39,31 +45,73 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command.unwrap_or(Command::Run) {
-            Command::Run => run(Config::load(cli.config.as_deref())).await,
+            Command::Run => {
+                run(ConfigSource {
+                    file: cli.config,
+                    env: None,
+                })
+                .await
+            }
             Command::Demo => demo(cli.config).await,
+            Command::Check => check(cli.config),
+            Command::Healthcheck => healthcheck(cli.config).await,
         }
     })
 }
 
-async fn run(config: Result<Config, guestgate::config::ConfigError>) -> ExitCode {
-    let config = match config {
+fn report(e: ConfigError) -> ExitCode {
+    for line in e.problems {
+        eprintln!("guestgate: config: {line}");
+    }
+    ExitCode::FAILURE
+}
+
+async fn run(source: ConfigSource) -> ExitCode {
+    let config = match source.load() {
         Ok(config) => config,
-        Err(e) => {
-            for line in e.problems {
-                eprintln!("guestgate: config: {line}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return report(e),
     };
     guestgate::telemetry::init(&config.settings.log);
-    match guestgate::start(config).await {
+    match guestgate::start_with_source(config, source).await {
         Ok(running) => {
+            if let Err(e) = running.reload_on_sighup() {
+                tracing::warn!(error = %e, "SIGHUP reload unavailable");
+            }
             guestgate::server::shutdown_signal().await;
             running.shutdown().await;
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("guestgate: cannot listen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: Option<PathBuf>) -> ExitCode {
+    match Config::load(file.as_deref()) {
+        Ok(config) => {
+            print!("{}", config.effective_toml());
+            eprintln!("guestgate: configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(e),
+    }
+}
+
+async fn healthcheck(file: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(file.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return report(e),
+    };
+    let Some(admin) = config.admin_listen else {
+        eprintln!("guestgate: healthcheck: admin.listen is disabled");
+        return ExitCode::FAILURE;
+    };
+    match guestgate::admin::healthcheck(admin).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guestgate: healthcheck: {e}");
             ExitCode::FAILURE
         }
     }
@@ -77,13 +125,16 @@ async fn demo(file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = Config::load_with_env(file.as_deref(), Some(guestgate::demo::demo_env(upstream)));
-    if let Ok(config) = &config {
+    let source = ConfigSource {
+        file,
+        env: Some(guestgate::demo::demo_env(upstream)),
+    };
+    if let Ok(config) = source.load() {
         println!(
             "guestgate demo: proxy on http://{} -> echo upstream http://{upstream}\n\nTry:\n\n{}\n\nThe echo shows the body the upstream received: no \"id\", a \"to\", \"from.id\" kept. Ctrl-C stops.\n",
             config.listen,
             guestgate::demo::example_curl(config.listen)
         );
     }
-    run(config).await
+    run(source).await
 }

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -18,8 +18,9 @@ use tower_http::decompression::RequestDecompressionLayer;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::forward::{self, ClientInfo, Upstream};
+use crate::metrics::Metrics;
 use crate::routing::{CanonicalPath, PathError};
-use crate::sanitize;
+use crate::sanitize::{self, Policy};
 
 /// Everything a request needs, swapped as a whole on reload.
 pub struct AppState {
@@ -27,13 +28,19 @@ pub struct AppState {
     pub config: Config,
     /// The pooled upstream client.
     pub upstream: Upstream,
+    /// Shared with every generation, so counts survive reloads.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     /// Builds the state (and upstream client) for a configuration.
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Self {
         let upstream = Upstream::new(&config);
-        Self { config, upstream }
+        Self {
+            config,
+            upstream,
+            metrics,
+        }
     }
 }
 
@@ -58,27 +65,45 @@ impl RouteKind {
 
 /// The axum handler behind every path.
 pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    match proxy(state, request).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::info!(
-                reason = error.reason(),
-                status = error.status().as_u16(),
-                "request refused"
-            );
-            error.into_response()
-        }
+    let started = Instant::now();
+    let method = request.method().clone();
+    let mut route = RouteKind::PassThrough;
+    let response = proxy(&state, request, &mut route)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    if let Some(rejected) = response.extensions().get::<crate::error::Rejected>() {
+        tracing::info!(
+            route = route.as_str(),
+            reason = rejected.0,
+            status = response.status().as_u16(),
+            "request refused"
+        );
+        state.metrics.rejected(rejected.0);
     }
+    state.metrics.request(
+        route.as_str(),
+        &method,
+        response.status(),
+        started.elapsed(),
+    );
+    response
 }
 
-async fn proxy(state: Arc<AppState>, request: Request) -> Result<Response, ProxyError> {
+async fn proxy(
+    state: &Arc<AppState>,
+    request: Request,
+    route: &mut RouteKind,
+) -> Result<Response, ProxyError> {
     check_framing(request.headers(), request.version())?;
     check_target(&request)?;
     let path = CanonicalPath::parse(request.uri().path())?;
     let is_post = request.method().as_str().eq_ignore_ascii_case("POST");
     match state.config.route.matches(&path) {
-        Some(route_path) if is_post => intercept(state, request, route_path).await,
-        _ => pass_through(&state, request, &path.as_path()).await,
+        Some(route_path) if is_post => {
+            *route = RouteKind::Intercepted;
+            intercept(state.clone(), request, route_path).await
+        }
+        _ => pass_through(state, request, &path.as_path()).await,
     }
 }
 
@@ -163,8 +188,12 @@ async fn pass_through(
     *outgoing.headers_mut() = headers;
     let started = Instant::now();
     let mut response = state.upstream.send(outgoing).await?;
+    let took = started.elapsed();
+    state
+        .metrics
+        .upstream_latency(RouteKind::PassThrough.as_str(), took);
     tracing::debug!(
-        upstream_ms = started.elapsed().as_millis() as u64,
+        upstream_ms = took.as_millis() as u64,
         status = response.status().as_u16(),
         "upstream answered"
     );
@@ -172,7 +201,14 @@ async fn pass_through(
         match client_upgrade {
             Some(client_upgrade) => {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
-                forward::splice_upgrade(client_upgrade, upstream_upgrade);
+                let idle =
+                    Duration::from_secs(state.config.settings.server.upgrade_idle_timeout_secs);
+                forward::splice_upgrade(
+                    client_upgrade,
+                    upstream_upgrade,
+                    idle,
+                    state.metrics.upgrade(),
+                );
             }
             None => return Err(ProxyError::UpstreamFailed),
         }
@@ -281,12 +317,20 @@ async fn forward_sanitized(
     body: Bytes,
     route_path: &str,
 ) -> Result<Response, ProxyError> {
-    let (sanitized, changes) = sanitize::sanitize_bytes(&body, &state.config.policy)?;
-    tracing::info!(
-        stripped = ?changes.stripped,
-        to = changes.to.as_str(),
-        "guest message sanitized"
-    );
+    let policy = state.config.policy_for(&parts.headers);
+    let report_only = state.config.settings.guest_messages.report_only;
+    let (body, content_type) = if report_only {
+        report_only_body(state, body, policy, &parts.headers)
+    } else {
+        let (sanitized, changes) = sanitize::sanitize_bytes(&body, policy)?;
+        tracing::info!(
+            stripped = ?changes.stripped,
+            to = changes.to.as_str(),
+            "guest message sanitized"
+        );
+        state.metrics.sanitized(&changes);
+        (sanitized, HeaderValue::from_static("application/json"))
+    };
     let request = Request::from_parts(parts, Body::empty());
     let client = client_info(&request);
     let host = original_host(&request);
@@ -295,16 +339,93 @@ async fn forward_sanitized(
     let mut headers = parts.headers;
     forward::prepare_headers(&mut headers, client, host, false);
     headers.remove(header::CONTENT_ENCODING);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(sanitized.len()));
-    let mut outgoing = http::Request::new(Body::from(sanitized));
-    *outgoing.method_mut() = Method::POST;
-    *outgoing.uri_mut() = uri;
-    *outgoing.headers_mut() = headers;
-    let mut response = state.upstream.send(outgoing).await?;
+    headers.insert(header::CONTENT_TYPE, content_type);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let mut response = send_with_retry(state, &uri, &headers, body).await?;
     forward::prepare_response(&mut response);
     Ok(response)
+}
+
+/// report_only: the decoded body goes upstream as the client sent it; what
+/// the sanitizer would have done is logged and counted.
+fn report_only_body(
+    state: &AppState,
+    body: Bytes,
+    policy: &Policy,
+    headers: &HeaderMap,
+) -> (Bytes, HeaderValue) {
+    match sanitize::sanitize_bytes(&body, policy) {
+        Ok((_, changes)) => {
+            tracing::info!(
+                would_strip = ?changes.stripped,
+                would_set_to = changes.to.as_str(),
+                "report_only: guest message forwarded unchanged"
+            );
+            for _ in &changes.stripped {
+                state.metrics.would_change("stripped");
+            }
+            if changes.to != sanitize::ToChange::Kept {
+                state.metrics.would_change(changes.to.as_str());
+            }
+        }
+        Err(e) => {
+            tracing::info!(would_reject = %e, "report_only: guest message forwarded unchanged");
+            state.metrics.would_change("rejected");
+        }
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("application/json"));
+    (body, content_type)
+}
+
+/// Sends the sanitized message, retrying per `guest_messages.retry`. The
+/// body is already complete in memory, so every attempt sends the same bytes.
+async fn send_with_retry(
+    state: &AppState,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ProxyError> {
+    let retry = &state.config.settings.guest_messages.retry;
+    let mut attempt = 1;
+    loop {
+        let mut outgoing = http::Request::new(Body::from(body.clone()));
+        *outgoing.method_mut() = Method::POST;
+        *outgoing.uri_mut() = uri.clone();
+        *outgoing.headers_mut() = headers.clone();
+        let started = Instant::now();
+        let result = state.upstream.send(outgoing).await;
+        state
+            .metrics
+            .upstream_latency(RouteKind::Intercepted.as_str(), started.elapsed());
+        let retryable = match &result {
+            Ok(response) => retry.statuses.contains(&response.status().as_u16()),
+            Err(ProxyError::UpstreamUnreachable) => true,
+            Err(_) => false,
+        };
+        if !retryable || attempt >= retry.attempts {
+            return result;
+        }
+        let delay = backoff(retry.backoff_ms, retry.max_backoff_ms, attempt);
+        tracing::info!(
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            status = result.as_ref().ok().map(|r| r.status().as_u16()),
+            "retrying guest message"
+        );
+        state.metrics.retry();
+        drop(result);
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(max, base * 2^(n-1))].
+fn backoff(base_ms: u64, max_ms: u64, attempt: u32) -> Duration {
+    let ceiling = base_ms
+        .saturating_mul(1u64 << (attempt - 1).min(20))
+        .min(max_ms);
+    Duration::from_millis(fastrand::u64(0..=ceiling))
 }

@@ -17,13 +17,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::Config;
 use crate::forward::ClientInfo;
+use crate::gateway::{ConfigSource, Gateway};
+use crate::metrics::OpenGuard;
 use crate::proxy::{self, AppState};
 
 /// Builds the proxy's router: every path goes to the proxy handler.
@@ -92,15 +94,49 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight
+/// What a listener serves: the router for each request (looked up per
+/// request, so a reload applies to kept-alive connections too), TLS, and the
+/// open-connections gauge.
+pub trait Connections: Send + Sync + 'static {
+    /// The router the next request goes to.
+    fn router(&self) -> Router;
+    /// TLS for new connections; `None` serves plain HTTP/1.1 and h2c.
+    fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        None
+    }
+    /// Counts a connection as open while the guard lives.
+    fn opened(&self) -> Option<OpenGuard> {
+        None
+    }
+}
+
+impl Connections for Router {
+    fn router(&self) -> Router {
+        self.clone()
+    }
+}
+
+impl Connections for Gateway {
+    fn router(&self) -> Router {
+        Gateway::router(self)
+    }
+    fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.current().state.config.tls.clone()
+    }
+    fn opened(&self) -> Option<OpenGuard> {
+        Some(self.metrics.connection())
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish for up to `limits.shutdown_timeout`.
-pub async fn serve(
+pub async fn serve<C: Connections>(
     listener: TcpListener,
-    app: Router,
+    app: Arc<C>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = connection_builder(&limits);
+    let builder = Arc::new(connection_builder(&limits));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -122,24 +158,53 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = connection_service(app.clone(), ClientInfo { peer, tls: false });
+        let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let first_bytes_timeout = limits.header_read_timeout;
+        let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            // hyper's header-read timeout starts once the protocol is known;
-            // a client that sends nothing (or a slow h2 preface) is dropped here.
-            if tokio::time::timeout(first_bytes_timeout, protocol_known(&stream))
-                .await
-                .is_err()
-            {
-                tracing::debug!(%peer, "no request within the header read timeout");
-                drop(permit);
-                return;
-            }
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let _open = app.opened();
+            let tls = app.tls();
+            let client = ClientInfo {
+                peer,
+                tls: tls.is_some(),
+            };
+            let first_request = Arc::new(Notify::new());
+            let service = connection_service(app, client, first_request.clone());
+            match tls {
+                None => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    drive(
+                        watcher.watch(connection.into_owned()),
+                        &first_request,
+                        timeout,
+                    )
+                    .await;
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    drive(
+                        watcher.watch(connection.into_owned()),
+                        &first_request,
+                        timeout,
+                    )
+                    .await;
+                }
             }
             drop(permit);
         });
@@ -154,38 +219,50 @@ pub async fn serve(
     }
 }
 
-/// The HTTP/2 client preface; hyper-util's protocol detection waits for it.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Resolves once the first bytes tell HTTP/1 from HTTP/2 (or the peer
-/// closed), without consuming them.
-async fn protocol_known(stream: &tokio::net::TcpStream) {
-    let mut buf = [0u8; 24];
-    loop {
-        match stream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+/// Runs a connection, dropping it if no request arrives within `timeout`.
+/// hyper's own header-read timeout only starts once HTTP/1 has been told
+/// apart from HTTP/2, so a client that sends nothing (or a slow HTTP/2
+/// preface) would otherwise hold its slot forever.
+async fn drive<F, E>(connection: F, first_request: &Notify, timeout: Duration)
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let deadline = async {
+        if tokio::time::timeout(timeout, first_request.notified())
+            .await
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
         }
+    };
+    tokio::select! {
+        result = connection => if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        },
+        () = deadline => tracing::debug!("no request within the header read timeout"),
     }
 }
 
-fn connection_service(
-    app: Router,
+fn connection_service<C: Connections>(
+    app: Arc<C>,
     client: ClientInfo,
-) -> hyper_util::service::TowerToHyperService<
-    impl tower::Service<
-        Request<Incoming>,
-        Response = axum::response::Response,
-        Error = std::convert::Infallible,
-        Future = impl Send,
-    > + Clone,
-> {
-    let service = app.map_request(move |mut request: Request<Incoming>| {
+    first_request: Arc<Notify>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+             + Send
+             + 'static,
+> + Clone
++ Send
++ 'static {
+    hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        first_request.notify_one();
         request.extensions_mut().insert(client);
-        request
-    });
-    hyper_util::service::TowerToHyperService::new(service)
+        app.router().oneshot(request)
+    })
 }
 
 /// A started proxy (and admin listener), as tests and `main` use it.
@@ -194,11 +271,43 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin listener's bound address, when enabled.
     pub admin_addr: Option<SocketAddr>,
+    gateway: Arc<Gateway>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl Running {
+    /// Reloads the configuration (what SIGHUP does); an invalid one is
+    /// refused and the current one stays in force.
+    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        self.gateway.reload()
+    }
+
+    /// Reloads on every SIGHUP for as long as the proxy runs (Unix only).
+    pub fn reload_on_sighup(&self) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hup = signal(SignalKind::hangup())?;
+            let gateway = Arc::downgrade(&self.gateway);
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let Some(gateway) = gateway.upgrade() else {
+                        return;
+                    };
+                    tracing::info!("SIGHUP: reloading configuration");
+                    let _ = gateway.reload();
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The metrics in Prometheus text format (what the admin `/metrics` serves).
+    pub fn metrics(&self) -> String {
+        self.gateway.metrics.encode()
+    }
+
     /// Starts graceful shutdown and waits until it is complete.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -208,8 +317,14 @@ impl Running {
     }
 }
 
-/// Binds the listeners and starts serving in the background.
+/// Binds the listeners and starts serving in the background, with the
+/// process environment as configuration source for reloads.
 pub async fn start(config: Config) -> io::Result<Running> {
+    start_with_source(config, ConfigSource::default()).await
+}
+
+/// Like [`start`]; `source` is what [`Running::reload`] (SIGHUP) reads again.
+pub async fn start_with_source(config: Config, source: ConfigSource) -> io::Result<Running> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let admin = match config.admin_listen {
@@ -218,13 +333,15 @@ pub async fn start(config: Config) -> io::Result<Running> {
     };
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
     let limits = Limits::from_config(&config);
-    let state = Arc::new(AppState::new(config));
-    let app = router(state.clone());
+    let gateway = Gateway::new(config, source);
+    gateway.spawn_readiness();
+    gateway.spawn_file_watch();
     let (stop, stopped) = oneshot::channel::<()>();
+    let serving = gateway.clone();
     let task = tokio::spawn(async move {
         let (admin_stop, admin_stopped) = oneshot::channel::<()>();
         let admin_task = admin.map(|listener| {
-            let admin_app = crate::admin::router(state.clone());
+            let admin_app = crate::admin::router(serving.clone());
             tokio::spawn(async move {
                 let _ = axum::serve(listener, admin_app)
                     .with_graceful_shutdown(async {
@@ -233,8 +350,9 @@ pub async fn start(config: Config) -> io::Result<Running> {
                     .await;
             })
         });
-        serve(listener, app, limits, async {
+        serve(listener, serving.clone(), limits, async {
             let _ = stopped.await;
+            serving.start_draining();
         })
         .await;
         let _ = admin_stop.send(());
@@ -246,6 +364,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
     Ok(Running {
         addr,
         admin_addr,
+        gateway,
         stop: Some(stop),
         task,
     })

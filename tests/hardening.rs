@@ -635,18 +635,24 @@ async fn huge_responses_stream_through() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 8192];
-        let _ = socket.read(&mut buf).await;
-        socket
-            .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let block = vec![b'x'; 1 << 20];
-        for _ in 0..SIZE >> 20 {
-            if socket.write_all(&block).await.is_err() {
-                return;
-            }
+        // Every connection (the readiness check opens one too) gets the answer.
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                if socket.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let block = vec![b'x'; 1 << 20];
+                for _ in 0..SIZE >> 20 {
+                    if socket.write_all(&block).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
     });
     let proxy = proxy_to(&format!("http://{addr}"), &[]).await;
@@ -742,7 +748,7 @@ async fn a_panicking_request_gets_500_and_the_server_keeps_serving() {
     };
     tokio::spawn(guestgate::server::serve(
         listener,
-        app,
+        std::sync::Arc::new(app),
         limits,
         std::future::pending(),
     ));

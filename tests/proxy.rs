@@ -139,7 +139,7 @@ async fn request_bodies_stream_through_without_buffering() {
     let upstream_addr = listener.local_addr().unwrap();
     let (first_seen_tx, first_seen_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
     let upstream = tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut socket = accept_request(&listener).await;
         let mut received = Vec::new();
         let mut first = Some(first_seen_tx);
         loop {
@@ -194,7 +194,7 @@ async fn chunked_responses_stream_back_as_they_are_produced() {
     let upstream_addr = listener.local_addr().unwrap();
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut socket = accept_request(&listener).await;
         let mut buf = [0u8; 4096];
         let _ = socket.read(&mut buf).await.unwrap();
         socket
@@ -236,7 +236,7 @@ async fn upgrades_are_spliced_both_ways() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream_addr = listener.local_addr().unwrap();
     let upstream = tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut socket = accept_request(&listener).await;
         let mut head = Vec::new();
         while find(&head, b"\r\n\r\n").is_none() {
             let mut buf = [0u8; 1024];

@@ -299,3 +299,15 @@ pub fn post(path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
 pub fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap()
 }
+
+/// Accepts the first connection that sends bytes, skipping the proxy's
+/// readiness checks (which connect and close without a request).
+pub async fn accept_request(listener: &TcpListener) -> TcpStream {
+    loop {
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut byte = [0u8; 1];
+        if socket.peek(&mut byte).await.unwrap_or(0) > 0 {
+            return socket;
+        }
+    }
+}

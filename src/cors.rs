@@ -1,0 +1,189 @@
+//! CORS for browser widgets: the proxy answers preflights itself and decides
+//! which origins may read responses, so the upstream's own CORS policy (or
+//! lack of one) never matters to a widget.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::response::Response;
+use http::{HeaderName, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::{Config, CorsSettings};
+
+/// One `cors.allowed_origins` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `https://shop.example.com` (scheme, host and port compared exactly).
+    Exact(String),
+    /// `https://*.example.com`: any subdomain (one label or more) of
+    /// `example.com` over that scheme, but not `example.com` itself.
+    Subdomains {
+        /// `https://`
+        scheme: String,
+        /// `.example.com`, with its port if one was given.
+        suffix: String,
+    },
+}
+
+impl OriginPattern {
+    /// Parses an entry; origins are ASCII and compared in lower case.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let entry = entry.trim().to_ascii_lowercase();
+        let (scheme, host) = entry
+            .split_once("://")
+            .ok_or_else(|| format!("{entry:?} is not an origin like https://shop.example.com"))?;
+        if !matches!(scheme, "http" | "https") {
+            return Err(format!("{entry:?} must start with http:// or https://"));
+        }
+        let valid = |h: &str| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        };
+        match host.strip_prefix("*.") {
+            Some(rest) if valid(rest) && rest.contains('.') => Ok(Self::Subdomains {
+                scheme: format!("{scheme}://"),
+                suffix: format!(".{rest}"),
+            }),
+            None if valid(host) => Ok(Self::Exact(entry)),
+            _ => Err(format!(
+                "{entry:?} is not an origin like https://shop.example.com or https://*.example.com (no path, no other wildcard)"
+            )),
+        }
+    }
+
+    /// True when a request's `Origin` header value is allowed by this entry.
+    pub fn matches(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        match self {
+            Self::Exact(exact) => origin == *exact,
+            Self::Subdomains { scheme, suffix } => origin
+                .strip_prefix(scheme.as_str())
+                .and_then(|host| host.strip_suffix(suffix.as_str()))
+                .is_some_and(|label| {
+                    !label.is_empty()
+                        && label.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        })
+                }),
+        }
+    }
+}
+
+/// Validates `[cors]`, adding one line per problem; returns the parsed origins.
+pub fn check_settings(cors: &CorsSettings, problems: &mut Vec<String>) -> Vec<OriginPattern> {
+    let mut origins = Vec::new();
+    for entry in &cors.allowed_origins {
+        if entry.trim() == "*" {
+            problems.push(
+                "cors.allowed_origins: \"*\" is not accepted; list the widget origins (patterns like https://*.example.com work)".into(),
+            );
+            continue;
+        }
+        match OriginPattern::parse(entry) {
+            Ok(origin) => origins.push(origin),
+            Err(e) => problems.push(format!("cors.allowed_origins: {e}")),
+        }
+    }
+    for method in &cors.allowed_methods {
+        if method.parse::<Method>().is_err() {
+            problems.push(format!("cors.allowed_methods: {method:?} is not a method"));
+        }
+    }
+    for (name, list) in [
+        ("cors.allowed_headers", &cors.allowed_headers),
+        ("cors.expose_headers", &cors.expose_headers),
+    ] {
+        for header in list {
+            if header.trim() == "*" || header.parse::<HeaderName>().is_err() {
+                problems.push(format!("{name}: {header:?} is not a header name"));
+            }
+        }
+    }
+    origins
+}
+
+/// Adds CORS to the proxy's router when origins are configured.
+///
+/// The upstream's own `Access-Control-*` response headers are removed first:
+/// with CORS on, the proxy's policy is the only one a browser sees, so an
+/// upstream answering `*` cannot open the API to other sites.
+pub fn apply(router: Router, config: &Config) -> Router {
+    if config.cors_origins.is_empty() {
+        return router;
+    }
+    let cors = &config.settings.cors;
+    let origins = config.cors_origins.clone();
+    let allow_origin = AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+        origin
+            .to_str()
+            .is_ok_and(|origin| origins.iter().any(|p| p.matches(origin)))
+    });
+    let parse_headers = |list: &[String]| -> Vec<HeaderName> {
+        list.iter().filter_map(|h| h.parse().ok()).collect()
+    };
+    let layer = CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods(
+            cors.allowed_methods
+                .iter()
+                .filter_map(|m| m.parse().ok())
+                .collect::<Vec<Method>>(),
+        )
+        .allow_headers(parse_headers(&cors.allowed_headers))
+        .expose_headers(parse_headers(&cors.expose_headers))
+        .allow_credentials(cors.allow_credentials)
+        .max_age(Duration::from_secs(cors.max_age_secs));
+    router
+        .layer(axum::middleware::map_response(strip_upstream_cors))
+        .layer(layer)
+}
+
+async fn strip_upstream_cors(mut response: Response) -> Response {
+    let names: Vec<HeaderName> = response
+        .headers()
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in names {
+        response.headers_mut().remove(name);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_and_wildcard_origins() {
+        let exact = OriginPattern::parse("https://Shop.example.com").unwrap();
+        assert!(exact.matches("https://shop.example.com"));
+        assert!(!exact.matches("http://shop.example.com"));
+        assert!(!exact.matches("https://shop.example.com:8443"));
+        let wild = OriginPattern::parse("https://*.example.com").unwrap();
+        assert!(wild.matches("https://a.example.com"));
+        assert!(wild.matches("https://a.b.example.com"));
+        assert!(!wild.matches("https://example.com"));
+        assert!(!wild.matches("https://evil-example.com"));
+        assert!(!wild.matches("https://a.example.com.evil.net"));
+        assert!(!wild.matches("http://a.example.com"));
+        assert!(!wild.matches("https://a..example.com"));
+    }
+
+    #[test]
+    fn bad_entries_are_refused() {
+        for bad in [
+            "shop.example.com",
+            "ftp://x.example",
+            "https://*.com",
+            "https://a.*.example.com",
+            "https://x.example/path",
+        ] {
+            assert!(OriginPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

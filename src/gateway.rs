@@ -1,0 +1,237 @@
+//! The live configuration, swapped atomically on reload, and the readiness
+//! check that `/readyz` reports.
+//!
+//! Each request loads the current [`Live`] once and keeps it to the end, so a
+//! reload never changes the rules under a request in flight.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::proxy::AppState;
+
+/// Where the configuration comes from, so a reload reads the same layers.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The `--config` file, if any.
+    pub file: Option<PathBuf>,
+    /// An explicit environment instead of the process one (tests, demo).
+    pub env: Option<HashMap<String, String>>,
+}
+
+impl ConfigSource {
+    /// Loads and validates the layered configuration.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load_with_env(self.file.as_deref(), self.env.clone())
+    }
+}
+
+/// One configuration generation: its state and the router built from it.
+pub struct Live {
+    /// Configuration and upstream client.
+    pub state: Arc<AppState>,
+    /// The proxy's router (CORS and middleware included) for this config.
+    pub router: Router,
+}
+
+/// The running proxy's shared core.
+pub struct Gateway {
+    live: ArcSwap<Live>,
+    /// Metrics, kept across reloads.
+    pub metrics: Arc<Metrics>,
+    source: ConfigSource,
+    ready: AtomicBool,
+    draining: AtomicBool,
+    readiness_detail: Mutex<String>,
+}
+
+impl Gateway {
+    /// Builds the first generation from an already validated config.
+    pub fn new(config: Config, source: ConfigSource) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let live = build(config, &metrics);
+        Arc::new(Self {
+            live: ArcSwap::from_pointee(live),
+            metrics,
+            source,
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            readiness_detail: Mutex::new("upstream not checked yet".into()),
+        })
+    }
+
+    /// The current generation.
+    pub fn current(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The current router (cheap: routers are reference-counted).
+    pub fn router(&self) -> Router {
+        self.live.load().router.clone()
+    }
+
+    /// Re-reads the configuration sources. A valid configuration replaces the
+    /// current one for new requests; an invalid one is refused, logged, and
+    /// the current one stays in force.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        match self.source.load() {
+            Ok(config) => {
+                let old = self.current();
+                warn_restart_only(&old.state.config, &config);
+                self.live.store(Arc::new(build(config, &self.metrics)));
+                self.metrics.reload(true);
+                tracing::info!("configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                for problem in &e.problems {
+                    tracing::error!(problem = %problem, "configuration reload refused; the previous configuration stays in force");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `/readyz`: `Ok` when the last upstream check succeeded and the proxy
+    /// is not draining; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(self.detail())
+        }
+    }
+
+    fn detail(&self) -> String {
+        self.readiness_detail
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    /// Marks the proxy as shutting down, so `/readyz` fails and load
+    /// balancers stop sending new requests while in-flight ones drain.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Runs one upstream connect check and caches its result.
+    pub async fn check_upstream(&self) {
+        let state = self.current().state.clone();
+        let result = state.upstream.probe().await;
+        if let Err(e) = &result {
+            if self.ready.load(Ordering::Relaxed) || self.detail() != *e {
+                tracing::warn!(error = %e, "upstream readiness check failed");
+            }
+        }
+        if let Ok(mut detail) = self.readiness_detail.lock() {
+            *detail = result.as_ref().err().cloned().unwrap_or_default();
+        }
+        self.ready.store(result.is_ok(), Ordering::Relaxed);
+    }
+
+    /// Checks the upstream every `admin.readiness_interval_secs` until the
+    /// gateway is dropped.
+    pub fn spawn_readiness(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(gateway) = weak.upgrade() {
+                gateway.check_upstream().await;
+                let interval = gateway
+                    .current()
+                    .state
+                    .config
+                    .settings
+                    .admin
+                    .readiness_interval_secs;
+                drop(gateway);
+                tokio::time::sleep(Duration::from_secs(interval)).await;
+            }
+        });
+    }
+
+    /// Reloads when the `--config` file changes (checked every
+    /// `admin.config_watch_interval_secs`; 0 turns this off). Works with
+    /// editors that replace the file and with Kubernetes ConfigMap volumes,
+    /// whose files are swapped through symlinks.
+    pub fn spawn_file_watch(self: &Arc<Self>) {
+        let Some(file) = self.source.file.clone() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last = fingerprint(&file);
+            loop {
+                let interval = match weak.upgrade() {
+                    Some(g) => {
+                        g.current()
+                            .state
+                            .config
+                            .settings
+                            .admin
+                            .config_watch_interval_secs
+                    }
+                    None => return,
+                };
+                if interval == 0 {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_secs(interval)).await;
+                let now = fingerprint(&file);
+                if now != last {
+                    last = now;
+                    let Some(gateway) = weak.upgrade() else {
+                        return;
+                    };
+                    tracing::info!(file = %file.display(), "configuration file changed");
+                    let _ = gateway.reload();
+                }
+            }
+        });
+    }
+}
+
+/// What tells a changed file: its content's modification time and length,
+/// following symlinks (a ConfigMap update swaps the `..data` link).
+fn fingerprint(file: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(file).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn build(config: Config, metrics: &Arc<Metrics>) -> Live {
+    let state = Arc::new(AppState::new(config, metrics.clone()));
+    let router = crate::server::router(state.clone());
+    Live { state, router }
+}
+
+/// Settings bound to sockets and connection handling only change on restart.
+fn warn_restart_only(old: &Config, new: &Config) {
+    let (a, b) = (&old.settings.server, &new.settings.server);
+    let changed = old.listen != new.listen
+        || old.admin_listen != new.admin_listen
+        || a.max_header_bytes != b.max_header_bytes
+        || a.header_read_timeout_ms != b.header_read_timeout_ms
+        || a.max_connections != b.max_connections
+        || a.idle_timeout_secs != b.idle_timeout_secs
+        || a.shutdown_timeout_secs != b.shutdown_timeout_secs
+        || old.tls.is_some() != new.tls.is_some()
+        || old.settings.log.format != new.settings.log.format
+        || old.settings.log.level != new.settings.log.level;
+    if changed {
+        tracing::warn!(
+            "listen addresses, TLS, connection limits and logging settings take effect on restart; the rest of the new configuration is in force"
+        );
+    }
+}

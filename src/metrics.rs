@@ -1,0 +1,326 @@
+//! Prometheus metrics, served on the admin listener's `/metrics`.
+//!
+//! One registry per running proxy (not a global), so it survives reloads and
+//! tests running several proxies in one process each see their own counts.
+//! Labels are bounded: route kind, a fixed set of methods, status class,
+//! refusal reason and configured field names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::sanitize::Changes;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FieldLabel {
+    field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    stripped: Family<FieldLabel, Counter>,
+    to: Family<ActionLabel, Counter>,
+    would_change: Family<ActionLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
+    upstream_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    total_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    retries: Counter,
+    open_connections: Gauge,
+    upgrades: Counter,
+    open_upgrades: Gauge,
+    reloads: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric (prefix `guestgate_`).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("guestgate");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route kind (intercepted, pass_through), method and status class",
+            requests.clone(),
+        );
+        let stripped = Family::default();
+        registry.register(
+            "fields_stripped",
+            "Top-level fields removed from guest messages, by field name",
+            stripped.clone(),
+        );
+        let to = Family::default();
+        registry.register(
+            "to",
+            "What happened to the `to` field of guest messages (injected, overridden, kept)",
+            to.clone(),
+        );
+        let would_change = Family::default();
+        registry.register(
+            "report_only_would_change",
+            "report_only mode: messages forwarded unchanged that would have been changed or rejected (stripped, injected, overridden, rejected)",
+            would_change.clone(),
+        );
+        let rejected = Family::default();
+        registry.register(
+            "rejected",
+            "Requests answered by the proxy with an error, by reason",
+            rejected.clone(),
+        );
+        let upstream_latency: Family<RouteLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request upstream to its response head",
+            upstream_latency.clone(),
+        );
+        let total_latency: Family<RouteLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request head to sending the response head",
+            total_latency.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "upstream_retries",
+            "Retries of the intercepted route (guest_messages.retry)",
+            retries.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections currently open",
+            open_connections.clone(),
+        );
+        let upgrades = Counter::default();
+        registry.register(
+            "upgrades",
+            "Upgraded connections (WebSocket) spliced to the upstream",
+            upgrades.clone(),
+        );
+        let open_upgrades = Gauge::default();
+        registry.register(
+            "open_upgrades",
+            "Upgraded connections currently open",
+            open_upgrades.clone(),
+        );
+        let reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (ok, refused)",
+            reloads.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            stripped,
+            to,
+            would_change,
+            rejected,
+            upstream_latency,
+            total_latency,
+            retries,
+            open_connections,
+            upgrades,
+            open_upgrades,
+            reloads,
+        }
+    }
+
+    /// Counts one answered request and its total latency.
+    pub fn request(
+        &self,
+        route: &'static str,
+        method: &Method,
+        status: StatusCode,
+        took: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method: method_label(method),
+                status: status_class(status),
+            })
+            .inc();
+        self.total_latency
+            .get_or_create(&RouteLabel { route })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records how long the upstream took to answer.
+    pub fn upstream_latency(&self, route: &'static str, took: Duration) {
+        self.upstream_latency
+            .get_or_create(&RouteLabel { route })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts what the sanitizer changed in one message.
+    pub fn sanitized(&self, changes: &Changes) {
+        for field in &changes.stripped {
+            self.stripped
+                .get_or_create(&FieldLabel {
+                    field: field.clone(),
+                })
+                .inc();
+        }
+        self.to
+            .get_or_create(&ActionLabel {
+                action: changes.to.as_str(),
+            })
+            .inc();
+    }
+
+    /// report_only: counts a change that was not made.
+    pub fn would_change(&self, action: &'static str) {
+        self.would_change
+            .get_or_create(&ActionLabel { action })
+            .inc();
+    }
+
+    /// Counts a request the proxy answered with an error.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts one retry.
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    /// Counts a configuration reload.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Marks a client connection open until the guard is dropped.
+    pub fn connection(self: &Arc<Self>) -> OpenGuard {
+        self.open_connections.inc();
+        OpenGuard(self.open_connections.clone())
+    }
+
+    /// Counts an upgraded connection, open until the guard is dropped.
+    pub fn upgrade(self: &Arc<Self>) -> OpenGuard {
+        self.upgrades.inc();
+        self.open_upgrades.inc();
+        OpenGuard(self.open_upgrades.clone())
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Decrements an "open" gauge when dropped, however the connection ends.
+pub struct OpenGuard(Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_labels() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.request(
+            "intercepted",
+            &Method::POST,
+            StatusCode::CREATED,
+            Duration::from_millis(3),
+        );
+        metrics.request(
+            "pass_through",
+            &Method::from_bytes(b"PROPFIND").unwrap(),
+            StatusCode::BAD_GATEWAY,
+            Duration::from_millis(3),
+        );
+        let guard = metrics.connection();
+        let text = metrics.encode();
+        assert!(text.contains(
+            r#"guestgate_requests_total{route="intercepted",method="POST",status="2xx"} 1"#
+        ));
+        assert!(text.contains(r#"method="other",status="5xx"} 1"#));
+        assert!(text.contains("guestgate_open_connections 1"));
+        drop(guard);
+        assert!(metrics.encode().contains("guestgate_open_connections 0"));
+    }
+}
