@@ -28,9 +28,13 @@ use crate::gateway::{ConfigSource, Gateway};
 use crate::metrics::OpenGuard;
 use crate::proxy::{self, AppState};
 
-/// Builds the proxy's router: every path goes to the proxy handler.
+/// Builds the proxy's router: every path goes to the proxy handler, with
+/// CORS in front when configured.
 pub fn router(state: Arc<AppState>) -> Router {
-    with_middleware(Router::new().fallback(proxy::handle).with_state(state))
+    let proxy = Router::new()
+        .fallback(proxy::handle)
+        .with_state(state.clone());
+    with_middleware(crate::cors::apply(proxy, &state.config))
 }
 
 /// The middleware every proxied request goes through: request id and log
