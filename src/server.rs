@@ -15,7 +15,7 @@ use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinHandle;
@@ -173,41 +173,17 @@ pub async fn serve<C: Connections>(
                 peer,
                 tls: tls.is_some(),
             };
-            let first_request = Arc::new(Notify::new());
-            let service = connection_service(app, client, first_request.clone());
             match tls {
-                None => {
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    drive(
-                        watcher.watch(connection.into_owned()),
-                        &first_request,
-                        timeout,
-                    )
-                    .await;
-                }
+                None => run_connection(stream, app, client, &builder, watcher, timeout).await,
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            run_connection(stream, app, client, &builder, watcher, timeout).await
                         }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    drive(
-                        watcher.watch(connection.into_owned()),
-                        &first_request,
-                        timeout,
-                    )
-                    .await;
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
             }
             drop(permit);
@@ -221,6 +197,29 @@ pub async fn serve<C: Connections>(
     {
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on one accepted connection.
+async fn run_connection<C, I>(
+    io: I,
+    app: Arc<C>,
+    client: ClientInfo,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    timeout: Duration,
+) where
+    C: Connections,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let first_request = Arc::new(Notify::new());
+    let service = connection_service(app, client, first_request.clone());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    drive(
+        watcher.watch(connection.into_owned()),
+        &first_request,
+        timeout,
+    )
+    .await;
 }
 
 /// Runs a connection, dropping it if no request arrives within `timeout`.
