@@ -71,6 +71,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Res
     let response = proxy(&state, request, &mut route)
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    tracing::Span::current().record("route", route.as_str());
     if let Some(rejected) = response.extensions().get::<crate::error::Rejected>() {
         tracing::info!(
             route = route.as_str(),

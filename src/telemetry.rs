@@ -97,6 +97,7 @@ pub async fn request_span(mut request: Request, next: Next) -> Response {
         request_id = %id.to_str().unwrap_or_default(),
         method = %request.method(),
         path = %request.uri().path(),
+        route = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
     let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
