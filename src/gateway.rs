@@ -226,12 +226,11 @@ fn warn_restart_only(old: &Config, new: &Config) {
         || a.max_connections != b.max_connections
         || a.idle_timeout_secs != b.idle_timeout_secs
         || a.shutdown_timeout_secs != b.shutdown_timeout_secs
-        || old.tls.is_some() != new.tls.is_some()
         || old.settings.log.format != new.settings.log.format
         || old.settings.log.level != new.settings.log.level;
     if changed {
         tracing::warn!(
-            "listen addresses, TLS, connection limits and logging settings take effect on restart; the rest of the new configuration is in force"
+            "listen addresses, connection limits and logging settings take effect on restart; the rest of the new configuration is in force"
         );
     }
 }
