@@ -15,8 +15,9 @@ pub enum PathError {
     /// `%` not followed by two hex digits.
     #[error("invalid percent-encoding in path")]
     InvalidPercentEncoding,
-    /// `%2F` or `%5C`: some servers split on them, some do not.
-    #[error("encoded '/' or '\\' in path")]
+    /// `%2F`, `%5C` or `%3B`: some servers decode them into separators
+    /// (or parameter delimiters), some do not.
+    #[error("encoded '/', '\\' or ';' in path")]
     EncodedSeparator,
     /// A raw `\`, which some servers treat as `/`.
     #[error("backslash in path")]
@@ -63,17 +64,17 @@ impl CanonicalPath {
         for raw_segment in raw[1..].split('/') {
             let text = normalize_segment(raw_segment)?;
             trailing_slash = false;
-            match text.as_str() {
-                "" => trailing_slash = true,
-                "." => trailing_slash = true,
+            let bare_len = text.find(';').unwrap_or(text.len());
+            // Servers that drop `;parameters` before resolving dot segments
+            // (Tomcat, Jetty, Spring) read `..;x` as `..` and `;x` as an
+            // empty segment, so they are resolved here the same way.
+            match &text[..bare_len] {
+                "" | "." => trailing_slash = true,
                 ".." => {
                     segments.pop();
                     trailing_slash = true;
                 }
-                _ => {
-                    let bare_len = text.find(';').unwrap_or(text.len());
-                    segments.push(Segment { text, bare_len });
-                }
+                _ => segments.push(Segment { text, bare_len }),
             }
         }
         let trailing_slash = trailing_slash && !segments.is_empty();
@@ -141,7 +142,7 @@ fn normalize_segment(raw: &str) -> Result<String, PathError> {
                     return Err(PathError::InvalidPercentEncoding);
                 };
                 let decoded = hi << 4 | lo;
-                if decoded == b'/' || decoded == b'\\' {
+                if matches!(decoded, b'/' | b'\\' | b';') {
                     return Err(PathError::EncodedSeparator);
                 }
                 if is_unreserved(decoded) {
@@ -268,6 +269,10 @@ mod tests {
             "/api/v2/conversations/messaging/guest/conversations/c-1/%2E%2E/c-1/messages",
             "/../api/v2/conversations/messaging/guest/conversations/c-1/messages",
             "/api/v2/conversations/messaging/guest/conversations/%63-1/messages",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/messages/x/..;/",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/messages/x/%2e%2e;y=1",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/messages/.;x",
+            "/api/v2/conversations/messaging/guest/conversations/c-1/;x/messages",
         ] {
             assert_eq!(route_of(raw), Ok(Some(CANON.to_owned())), "{raw}");
         }
@@ -291,6 +296,11 @@ mod tests {
         assert_eq!(route_of("/a%2Fb"), Err(PathError::EncodedSeparator));
         assert_eq!(route_of("/a%2fb"), Err(PathError::EncodedSeparator));
         assert_eq!(route_of("/a%5cb"), Err(PathError::EncodedSeparator));
+        assert_eq!(
+            route_of("/api/v2/messages%3Bx"),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(route_of("/a%3bb"), Err(PathError::EncodedSeparator));
         assert_eq!(route_of("/a\\b"), Err(PathError::Backslash));
         assert_eq!(route_of("/a%zz"), Err(PathError::InvalidPercentEncoding));
         assert_eq!(route_of("/a%4"), Err(PathError::InvalidPercentEncoding));
@@ -306,7 +316,8 @@ mod tests {
         assert_eq!(canon("//"), "/");
         assert_eq!(canon("/a/b/"), "/a/b/");
         assert_eq!(canon("/a/./b/../c"), "/a/c");
-        assert_eq!(canon("/a/%7e%41%3b%c3%a9"), "/a/~A%3B%C3%A9");
+        assert_eq!(canon("/a/%7e%41%2c%c3%a9"), "/a/~A%2C%C3%A9");
+        assert_eq!(canon("/a/..;x/b/.;y"), "/b/");
         assert_eq!(canon("/a;p=1/b"), "/a;p=1/b");
         assert_eq!(canon("/a/.."), "/");
     }

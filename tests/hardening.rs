@@ -35,6 +35,10 @@ async fn every_spelling_of_the_route_is_sanitized_and_forwarded_canonically() {
         "/api/v2/conversations/messaging/guest/conversations/conv-1/messages;jsessionid=1",
         "/api/v2;v=1/conversations/messaging/guest/conversations/conv-1;x/messages",
         "/api/v2/conversations/messaging/guest/conversations/conv-1/messages?x=1&id=2",
+        // Tomcat-style servers drop `;params` before resolving dot segments.
+        "/api/v2/conversations/messaging/guest/conversations/conv-1/messages/x/..;/",
+        "/api/v2/conversations/messaging/guest/conversations/conv-1/messages/x/%2E%2E;a=b",
+        "/api/v2/conversations/messaging/guest/conversations/conv-1/;x/messages/.;y",
     ];
     for path in spellings {
         let response = raw(
@@ -72,6 +76,7 @@ async fn ambiguous_targets_are_refused_and_not_forwarded() {
         "/api/v2/conversations/messaging/guest/conversations/conv-1%2Fx/messages",
         "/api/v2/conversations/messaging/guest/conversations%2fconv-1/messages",
         "/api/v2/conversations/messaging/guest/conversations/conv-1%5Cmessages",
+        "/api/v2/conversations/messaging/guest/conversations/conv-1/messages%3Bx",
         "/api/v2/conversations/messaging/guest/conversations/conv-1/messages%",
         "/api/v2/conversations/messaging/guest/conversations/conv-1/messages%zz",
         "http://upstream.example/api/v2/conversations/messaging/guest/conversations/conv-1/messages",
