@@ -425,6 +425,9 @@ impl Config {
                 "guest_messages.retry.statuses: {bad} is not an HTTP status"
             ));
         }
+        if settings.server.idle_timeout_secs == 0 {
+            problems.push("server.idle_timeout_secs: must be greater than 0".into());
+        }
         if settings.server.upgrade_idle_timeout_secs == 0 {
             problems.push("server.upgrade_idle_timeout_secs: must be greater than 0".into());
         }

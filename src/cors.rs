@@ -2,11 +2,15 @@
 //! which origins may read responses, so the upstream's own CORS policy (or
 //! lack of one) never matters to a widget.
 
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
 use axum::response::Response;
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method, header};
+use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::{Config, CorsSettings};
@@ -107,25 +111,33 @@ pub fn check_settings(cors: &CorsSettings, problems: &mut Vec<String>) -> Vec<Or
 
 /// Adds CORS to the proxy's router when origins are configured.
 ///
-/// The upstream's own `Access-Control-*` response headers are removed first:
-/// with CORS on, the proxy's policy is the only one a browser sees, so an
-/// upstream answering `*` cannot open the API to other sites.
+/// Only browser CORS traffic goes through the CORS layer: requests with an
+/// `Origin`, where an `OPTIONS` also carries `Access-Control-Request-Method`
+/// (a preflight, answered here without touching the upstream). Other
+/// `OPTIONS` requests and requests without `Origin` pass through untouched.
+/// The upstream's own `Access-Control-*` response headers are removed on
+/// CORS traffic, so an upstream answering `*` cannot open the API to other
+/// sites, and a disallowed origin gets no `Access-Control-*` header at all.
 pub fn apply(router: Router, config: &Config) -> Router {
     if config.cors_origins.is_empty() {
         return router;
     }
     let cors = &config.settings.cors;
-    let origins = config.cors_origins.clone();
-    let allow_origin = AllowOrigin::predicate(move |origin: &HeaderValue, _| {
-        origin
-            .to_str()
-            .is_ok_and(|origin| origins.iter().any(|p| p.matches(origin)))
-    });
+    let origins = Arc::new(config.cors_origins.clone());
+    let allowed = {
+        let origins = origins.clone();
+        move |origin: &HeaderValue| {
+            origin
+                .to_str()
+                .is_ok_and(|origin| origins.iter().any(|p| p.matches(origin)))
+        }
+    };
+    let predicate = allowed.clone();
     let parse_headers = |list: &[String]| -> Vec<HeaderName> {
         list.iter().filter_map(|h| h.parse().ok()).collect()
     };
     let layer = CorsLayer::new()
-        .allow_origin(allow_origin)
+        .allow_origin(AllowOrigin::predicate(move |origin, _| predicate(origin)))
         .allow_methods(
             cors.allowed_methods
                 .iter()
@@ -136,12 +148,37 @@ pub fn apply(router: Router, config: &Config) -> Router {
         .expose_headers(parse_headers(&cors.expose_headers))
         .allow_credentials(cors.allow_credentials)
         .max_age(Duration::from_secs(cors.max_age_secs));
-    router
-        .layer(axum::middleware::map_response(strip_upstream_cors))
-        .layer(layer)
+    let with_cors = router
+        .clone()
+        .layer(axum::middleware::map_response(strip_cors_headers))
+        .layer(layer);
+    let plain = router;
+    Router::new().fallback_service(tower::service_fn(move |request: Request| {
+        let origin = request.headers().get(header::ORIGIN).cloned();
+        let is_cors = origin.is_some()
+            && (request.method() != Method::OPTIONS
+                || request
+                    .headers()
+                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD));
+        let allowed = origin.as_ref().is_some_and(&allowed);
+        let service = if is_cors {
+            with_cors.clone()
+        } else {
+            plain.clone()
+        };
+        async move {
+            let response = service.oneshot(request).await?;
+            Ok::<_, Infallible>(if is_cors && !allowed {
+                strip_cors_headers(response).await
+            } else {
+                response
+            })
+        }
+    }))
 }
 
-async fn strip_upstream_cors(mut response: Response) -> Response {
+/// Removes every `Access-Control-*` response header.
+async fn strip_cors_headers(mut response: Response) -> Response {
     let names: Vec<HeaderName> = response
         .headers()
         .keys()
