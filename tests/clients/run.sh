@@ -6,9 +6,13 @@
 #   bash tests/clients/run.sh
 #
 # Installs what it needs when missing (npm ci, a venv from requirements.txt,
-# Debian's chromium and curl via apt-get as root), builds guestgate with
-# `cargo build` (unless GUESTGATE_BIN names a binary), runs the Node tests with
-# `node --test` and the Python test with pytest, prints "clients: N passed, M failed" and exits non-zero on any failure.
+# Debian's chromium and curl via apt-get as root), builds guestgate the way
+# `cargo test` does (so after `cargo test` nothing is rebuilt; unless
+# GUESTGATE_BIN names a binary), runs the Node tests with `node --test` and the
+# Python test with pytest, and ends with the line
+# `summary: N passed, M failed`; exits non-zero on any failure. Everything the
+# tests create in the temp dir (configs, homes, the browser profile) and any
+# process they leave running is removed at the end.
 set -euo pipefail
 
 CLIENTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -65,24 +69,52 @@ fi
 if [ -n "${GUESTGATE_BIN:-}" ]; then
   step "guestgate: using GUESTGATE_BIN (no build)"
 else
-  step "build guestgate (cargo build)"
-  (cd "$ROOT" && cargo build --locked --bin guestgate)
+  # `cargo test` builds the binary for the integration tests with the
+  # dev-dependencies' features unified in, so its artifacts differ from a
+  # plain `cargo build`'s: building it the same way makes this step a no-op
+  # after `cargo test` (scripts/test.sh runs that first). If a test target
+  # does not compile, the binary alone still can.
+  step "build guestgate (cargo test --no-run, as cargo test builds it)"
+  if ! (cd "$ROOT" && cargo test --locked --no-run); then
+    echo "clients: test targets do not build; building the binary alone" >&2
+    (cd "$ROOT" && cargo build --locked --bin guestgate)
+  fi
   TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')"
   export GUESTGATE_BIN="$TARGET_DIR/debug/guestgate"
 fi
 echo "GUESTGATE_BIN=$GUESTGATE_BIN"
 
-LOGS="$(mktemp -d)"
-trap 'rm -rf "$LOGS"' EXIT
+LOGS="$(mktemp -d /tmp/guestgate-clients-run.XXXXXX)"
+# The tests' own temp files go below $RUN_TMP (Node, Python and Chromium use TMPDIR).
+RUN_TMP="$LOGS/tmp"
+mkdir -p "$RUN_TMP"
+# Stops what a crashed or timed-out test left running: only processes whose
+# command line names this run's temp dir (guestgate gets --config from there).
+# shellcheck disable=SC2317  # called from the EXIT trap
+stop_leftovers() {
+  local d pid cmd
+  for d in /proc/[0-9]*; do
+    pid="${d#/proc/}"
+    [ "$pid" = "$$" ] && continue
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || continue
+    case "$cmd" in
+      *"$RUN_TMP/"*)
+        echo "clients: stopping leftover process $pid: $cmd" >&2
+        kill -9 "$pid" 2>/dev/null || true
+        ;;
+    esac
+  done
+}
+trap 'stop_leftovers; rm -rf "$LOGS"' EXIT
 status=0
 
 step "node tests (node --test)"
 set +e
-node --test --test-concurrency=1 --test-timeout=180000 node/*.test.js 2>&1 | tee "$LOGS/node.log"
+TMPDIR="$RUN_TMP" node --test --test-concurrency=1 --test-timeout=180000 node/*.test.js 2>&1 | tee "$LOGS/node.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step "python test (pytest)"
-.venv/bin/python -m pytest -v python/ 2>&1 | tee "$LOGS/python.log"
+TMPDIR="$RUN_TMP" .venv/bin/python -m pytest -v -p no:cacheprovider python/ 2>&1 | tee "$LOGS/python.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 set -e
 
@@ -97,5 +129,5 @@ failed=$(( ${node_fail:-0} + py_fail ))
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 
 echo "screenshots: $CLIENTS/.artifacts/"
-echo "clients: ${passed} passed, ${failed} failed"
+echo "summary: ${passed} passed, ${failed} failed"
 exit "$status"

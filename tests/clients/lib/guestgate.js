@@ -10,6 +10,13 @@ const path = require('node:path');
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 
+// Every guestgate this process started and has not stopped yet: killed when
+// the process exits (a failed or timed-out test must not leave one running).
+const running = new Set();
+process.on('exit', () => {
+  for (const p of running) p.kill('SIGKILL');
+});
+
 function guestgateBin() {
   if (process.env.GUESTGATE_BIN) return process.env.GUESTGATE_BIN;
   const targetDir = process.env.CARGO_TARGET_DIR
@@ -88,6 +95,8 @@ async function startOnce({ upstreamUrl, to, cors, extra }) {
     throw new Error(`guestgate binary not found at ${bin}: run \`cargo build\` in ${REPO_ROOT} (tests/clients/run.sh does) or set GUESTGATE_BIN`);
   }
   const proc = spawn(bin, ['--config', configPath], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(proc);
+  proc.once('exit', () => running.delete(proc));
   let output = '';
   proc.stdout.on('data', (d) => { output += d; });
   proc.stderr.on('data', (d) => { output += d; });

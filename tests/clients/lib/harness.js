@@ -16,6 +16,7 @@ const os = require('node:os');
 const path = require('node:path');
 
 const home = fs.mkdtempSync(path.join(os.tmpdir(), 'guestgate-clients-home-'));
+process.on('exit', () => fs.rmSync(home, { recursive: true, force: true }));
 process.env.HOME = home;
 process.env.USERPROFILE = home;
 for (const k of ['HTTP_PROXY', 'HTTPS_PROXY', 'ALL_PROXY', 'http_proxy', 'https_proxy', 'all_proxy']) delete process.env[k];

@@ -7,9 +7,11 @@ upstream's answer unchanged. The upstream and guestgate are started by
 lib/stack.js (the same upstream the Node tests use).
 """
 
+import atexit
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,7 @@ CLIENTS = os.path.dirname(HERE)
 # The SDK reads (and watches, recursively, the folder of) ~/.genesyscloudpython/config
 # on import: give it an empty home. And keep loopback calls off any proxy.
 _HOME = tempfile.mkdtemp(prefix="guestgate-py-home-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["HOME"] = _HOME
 for _k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
     os.environ.pop(_k, None)
