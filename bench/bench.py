@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -30,12 +31,13 @@ ROOT = os.path.dirname(BENCH)
 
 QUICK = os.environ.get("QUICK", "0") == "1"
 ROUNDS = int(os.environ.get("ROUNDS", "1" if QUICK else "3"))
-DURATION = int(os.environ.get("DURATION", "4" if QUICK else "8"))
-WARMUP = int(os.environ.get("WARMUP", "1" if QUICK else "2"))
+DURATION = int(os.environ.get("DURATION", "4" if QUICK else "6"))
+WARMUP = int(os.environ.get("WARMUP", "1"))
 CONNS = [int(c) for c in os.environ.get("CONNS", "1,32,256").split(",")]
 PIN = os.environ.get("PIN", "1") == "1"
 NJS_MODE = os.environ.get("NJS_MODE", "js_set")  # js_set | fetch
-FIXED_SECS = int(os.environ.get("FIXED_SECS", "4" if QUICK else "8"))
+FIXED_SECS = int(os.environ.get("FIXED_SECS", "4" if QUICK else "5"))
+FIXED_ROUNDS = int(os.environ.get("FIXED_ROUNDS", "1" if QUICK else "3"))
 IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "1000"))
 GUESTGATE = os.environ.get("GUESTGATE_BIN", os.path.join(ROOT, "target/bench/release/guestgate"))
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target/bench"))
@@ -332,14 +334,36 @@ def wrk(key, port, path, conns, secs):
     return json.loads(m.group(1))
 
 
+def children_cpu():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def bench_cpu(servers):
+    """CPU seconds of every process this benchmark runs (all servers, idle or not)."""
+    pids = [p for k in servers.nginx_pids for p in servers.nginx_all_pids(k)]
+    if servers.gg is not None:
+        pids.append(servers.gg.pid)
+    return proc_cpu(pids)
+
+
+def foreign_pct(c0, c1, own_s, wall):
+    """CPU the rest of the machine (not this benchmark) used, in % of all cores."""
+    busy = sum(c1[c][0] - c0[c][0] for c in c1) / CLK
+    return max(0.0, 100.0 * (busy - own_s) / (wall * len(c1))) if wall > 0 else None
+
+
 def measure(servers, key, port, path, conns, secs):
     pids = target_pids(servers, key)
     up_pids = servers.nginx_all_pids("upstream")
     c0, p0, u0 = core_times(), proc_cpu(pids), proc_cpu(up_pids)
+    b0, w0 = bench_cpu(servers), children_cpu()
     t0 = time.time()
     r = wrk(key, port, path, conns, secs)
     wall = time.time() - t0
     c1, p1, u1 = core_times(), proc_cpu(pids), proc_cpu(up_pids)
+    b1, w1 = bench_cpu(servers), children_cpu()
+    r["foreign_pct"] = foreign_pct(c0, c1, (b1 - b0) + (w1 - w0), wall)
     secs_ = r["duration_us"] / 1e6
     r["rps"] = r["requests"] / secs_
     r["errors"] = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"] + r["err_timeout"]
@@ -362,10 +386,26 @@ def target_pids(servers, key):
 def oha_fixed(servers, key, port, path, rate, secs):
     pids = target_pids(servers, key)
     cpu0 = proc_cpu(pids)
+    c0, b0, w0, t0 = core_times(), bench_cpu(servers), children_cpu(), time.time()
     res = _oha_fixed(key, port, path, rate, secs)
+    if res is not None:
+        res["foreign_pct"] = foreign_pct(c0, core_times(), (bench_cpu(servers) - b0) + (children_cpu() - w0),
+                                         time.time() - t0)
     if res is not None and key != "direct" and res["ok"]:
         res["cpu_us"] = (proc_cpu(pids) - cpu0) / (res["ok"] + res["non200"]) * 1e6
     return res
+
+
+def fixed_agg(rs):
+    """Median over fixed-rate rounds (max: the worst round)."""
+    return {
+        "rps": med([r["rps"] for r in rs]), "ok": sum(r["ok"] for r in rs),
+        "non200": sum(r["non200"] for r in rs), "errors": sum(r["errors"] for r in rs),
+        "p50": med([r["p50"] for r in rs]), "p99": med([r["p99"] for r in rs]),
+        "p999": med([r["p999"] for r in rs]), "max": max((r["max"] or 0) for r in rs),
+        "cpu_us": med([r.get("cpu_us") for r in rs]), "foreign_pct": med([r.get("foreign_pct") for r in rs]),
+        "p99_rounds": [r["p99"] for r in rs],
+    }
 
 
 def _oha_fixed(key, port, path, rate, secs):
@@ -467,11 +507,28 @@ def criterion():
 # ---------------------------------------------------------------- report
 
 def machine_info():
-    cpu = "?"
+    cpu, fields = "?", {}
     for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+        k, _, v = line.partition(":")
+        k, v = k.strip(), v.strip()
+        if not k and fields:
+            break  # first processor only
+        if k == "model name":
+            cpu = v
+        fields.setdefault(k, v)
+    detail = [f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')} "
+              f"stepping {fields.get('stepping', '?')}", f"{fields.get('cpu MHz', '?')} MHz",
+              f"cache {fields.get('cache size', '?')}"]
+    if "hypervisor" in fields.get("flags", "").split():
+        detail.append("virtual machine (hypervisor flag)")
+    cpu = f"{cpu} ({', '.join(detail)})"
+    osname = "?"
+    try:
+        for line in open("/etc/os-release"):
+            if line.startswith("PRETTY_NAME="):
+                osname = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
     mem = "?"
     for line in open("/proc/meminfo"):
         if line.startswith("MemTotal"):
@@ -482,7 +539,7 @@ def machine_info():
     dirty = run_out(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"]).stdout
     return {
         "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "mem": mem,
-        "kernel": platform.release(),
+        "kernel": platform.release(), "os": osname,
         "nginx": first_line(["nginx", "-v"]).replace("nginx version: ", ""),
         "njs": njs,
         "wrk": first_line(["wrk", "-v"]).split(" [")[0],
@@ -527,6 +584,7 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
             "cpu_pct": med([r["proxy_cpu_pct"] for r in rs]),
             "core0": med([r["core_busy"].get(0) for r in rs]),
             "core1": med([r["core_busy"].get(1) for r in rs]),
+            "foreign": med([r.get("foreign_pct") for r in rs]),
             "errors": sum(r["errors"] for r in rs),
             "requests": sum(r["requests"] for r in rs),
         }
@@ -542,7 +600,7 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
     w("")
     w("| | |")
     w("|---|---|")
-    for k, label in (("cpu", "CPU"), ("cores", "cores"), ("mem", "memory"), ("kernel", "kernel"),
+    for k, label in (("cpu", "CPU"), ("cores", "cores"), ("mem", "memory"), ("os", "OS"), ("kernel", "kernel"),
                      ("guestgate", "guestgate commit"), ("rustc", "rustc"), ("nginx", "nginx"),
                      ("njs", "njs (libnginx-mod-http-js)"), ("wrk", "wrk"), ("oha", "oha")):
         w(f"| {label} | {info[k]} |")
@@ -554,7 +612,8 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
         w("- CPU pinning (taskset): every server under test (nginx proxy, nginx+njs, guestgate) runs on "
           "**core 1** with **one** worker (nginx `worker_processes 1`, guestgate `TOKIO_WORKER_THREADS=1`); "
           "the load generator (wrk, one thread) and the shared upstream (nginx, one worker) share **core 0**. "
-          "So each proxy gets the same CPU budget, one core, and does not fight the load generator for it.")
+          "So each proxy gets the same CPU budget, one core, and does not fight the load generator for it "
+          "(unless other work on the machine takes its share: see 'other load').")
     else:
         w(f"- No pinning: servers use {SERVER_WORKERS} workers, wrk 2 threads, all sharing both cores.")
     w(f"- Keep-alive clients: wrk 4.1 with a Lua script (POST, {os.path.getsize(BODY_FILE)}-byte guest message "
@@ -570,6 +629,11 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
     w("- Before measuring, each proxy's forwarded body was checked through the upstream's echo route "
       "(nginx/guestgate pass-through: unchanged; njs/guestgate intercepted: `id` dropped, `to` set). "
       f"Refusal of a malformed body: njs → {refusals.get('njs')}, guestgate → {refusals.get('gg_msg')}.")
+    w("- **Shared machine.** 'other load' is the CPU that processes outside this benchmark used during a "
+      "measurement (all cores' busy time from /proc/stat minus the CPU of every server, the upstream and the "
+      "load generator), in % of the machine. When it is high the absolute req/s figures are low and noisy; "
+      "the interleaved rounds spread that drift over all targets alike, so the ratios and the CPU per "
+      "request stay comparable, but read the min–max spread before trusting a small difference.")
     w("- `proxy CPU` = user+system CPU time of the server's processes (all threads, from /proc) per request: "
       "it does not depend on which side of the machine was the bottleneck.")
     w("")
@@ -608,7 +672,8 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
                 cells.append("–")
                 continue
             own = "" if a["cpu_us"] is None else f"{a['cpu_us']:.1f} µs ({a['cpu_pct']:.0f}%); "
-            cells.append(f"{own}cores {a['core0']:.0f}/{a['core1']:.0f}")
+            other = "" if a["foreign"] is None else f"; other load {a['foreign']:.0f}%"
+            cells.append(f"{own}cores {a['core0']:.0f}/{a['core1']:.0f}{other}")
         w(f"| {LABEL[k]} | " + " | ".join(cells) + " |")
     w("")
     w("## Ratios (same run)")
@@ -639,20 +704,24 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
     w("## Fixed-rate latency, 32 connections (oha, open loop, coordinated-omission corrected)")
     w("")
     if fixed:
-        w(f"Rate {fixed_rate:,} requests/s for {FIXED_SECS} s per target (half of the slowest proxy's "
-          "measured c=32 throughput, so every target can keep up). p50 / p99 / p99.9 / max in ms.")
+        w(f"Rate {fixed_rate:,} requests/s (half of the slowest proxy's measured c=32 throughput, so every "
+          f"target can keep up), {FIXED_ROUNDS} round(s) of {FIXED_SECS} s per target, interleaved like the "
+          "throughput runs; medians over rounds (max: worst round). p50 / p99 / p99.9 / max in ms.")
         w("")
-        w("| target | achieved req/s | p50 | p99 | p99.9 | max | non-200 / errors | server CPU µs/req |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        w("| target | achieved req/s | p50 | p99 | p99.9 | max | p99 per round | non-200 / errors | "
+          "server CPU µs/req | other load |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for k in keys:
             f = fixed.get(k)
             if not f:
-                w(f"| {LABEL[k]} | – | – | – | – | – | – | – |")
+                w(f"| {LABEL[k]} | – | – | – | – | – | – | – | – | – |")
                 continue
             s = lambda v: "–" if v is None else f"{v * 1000:.2f}"  # noqa: E731
             w(f"| {LABEL[k]} | {fmt_int(f['rps'])} | {s(f['p50'])} | {s(f['p99'])} | {s(f['p999'])} | "
-              f"{s(f['max'])} | {f['non200']} / {f['errors']} | "
-              f"{'–' if f.get('cpu_us') is None else format(f['cpu_us'], '.1f')} |")
+              f"{s(f['max'])} | {' / '.join(s(v) for v in f.get('p99_rounds', []))} | "
+              f"{f['non200']} / {f['errors']} | "
+              f"{'–' if f.get('cpu_us') is None else format(f['cpu_us'], '.1f')} | "
+              f"{'–' if f.get('foreign_pct') is None else format(f['foreign_pct'], '.0f') + '%'} |")
         cpu = {k: (fixed.get(k) or {}).get("cpu_us") for k in keys}
         if cpu.get("nginx") and cpu.get("gg_msg"):
             w("")
@@ -714,13 +783,16 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
     if 32 in CONNS:
         a, b = agg.get(("gg_msg", 32)), agg.get(("nginx", 32))
         if a and b:
-            txt = f"wrk: guestgate {fmt_ms(a['p99'])} ms vs nginx {fmt_ms(b['p99'])} ms"
-            ok = a["p99"] <= b["p99"]
+            ok = None
+            txt = ""
             if fixed and fixed.get("gg_msg") and fixed.get("nginx") and fixed["gg_msg"]["p99"] is not None:
                 fg, fn = fixed["gg_msg"]["p99"], fixed["nginx"]["p99"]
-                txt += f"; oha fixed-rate: {fg * 1000:.2f} ms vs {fn * 1000:.2f} ms"
-                ok = ok and fg <= fn
-            w(f"| p99 at 32 connections ≤ nginx proxy_pass | {txt} | {'yes' if ok else '**no**'} |")
+                txt = f"fixed rate (oha): guestgate {fg * 1000:.2f} ms vs nginx {fn * 1000:.2f} ms; "
+                ok = fg <= fn
+            txt += (f"closed loop (wrk, saturated, for information): {fmt_ms(a['p99'])} ms vs "
+                    f"{fmt_ms(b['p99'])} ms")
+            met = "not measured (no oha)" if ok is None else ("yes" if ok else "**no**")
+            w(f"| p99 at 32 connections ≤ nginx proxy_pass (fixed rate) | {txt} | {met} |")
     if g:
         w(f"| ≤ 30 MiB RSS with {IDLE_CONNS} idle connections | peak {g['VmHWM'] / 1024:.1f} MiB | "
           f"{'yes' if g['VmHWM'] <= 30 * 1024 and g['open'] >= IDLE_CONNS else '**no**'} |")
@@ -730,14 +802,16 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
     w("")
     w("<details><summary>Raw per-round results</summary>")
     w("")
-    w("| round | target | c | req/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/req | core0/core1 busy % |")
-    w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| round | target | c | req/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/req | core0/core1 busy % "
+      "| other load |")
+    w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (key, c), rs in sorted(runs.items(), key=lambda kv: (kv[0][1], keys.index(kv[0][0]))):
         for i, r in enumerate(rs):
             cpu = "–" if r["proxy_us_per_req"] is None else f"{r['proxy_us_per_req']:.1f}"
             w(f"| {i + 1} | {key} | {c} | {fmt_int(r['rps'])} | {fmt_ms(r['lat_p50_us'])} | {fmt_ms(r['lat_p99_us'])} | "
               f"{fmt_ms(r['lat_p999_us'])} | {r['errors']} | {cpu} | "
-              f"{r['core_busy'].get(0, 0):.0f}/{r['core_busy'].get(1, 0):.0f} |")
+              f"{r['core_busy'].get(0, 0):.0f}/{r['core_busy'].get(1, 0):.0f} | "
+              f"{'–' if r.get('foreign_pct') is None else format(r['foreign_pct'], '.0f') + '%'} |")
     w("")
     w("</details>")
     w("")
@@ -791,20 +865,25 @@ def main():
                     runs.setdefault((key, c), []).append(r)
                     log(f"[{n}/{total}] c={c} round {rnd + 1} {key}: {r['rps']:,.0f} req/s "
                         f"p99 {r['lat_p99_us'] / 1000:.2f} ms errors {r['errors']} "
-                        f"cores {r['core_busy'].get(0, 0):.0f}/{r['core_busy'].get(1, 0):.0f}")
+                        f"cores {r['core_busy'].get(0, 0):.0f}/{r['core_busy'].get(1, 0):.0f} "
+                        f"other load {r['foreign_pct']:.0f}%")
         gg_after = read_status(servers.gg.pid)
         log("guestgate after load:", gg_after)
         # fixed-rate latency at c=32, below everyone's capacity
         if 32 in CONNS:
             slowest = min(statistics.median(x["rps"] for x in runs[(k, 32)]) for k in ("nginx", "njs", "gg_msg", "gg_pass"))
             fixed_rate = int(slowest * 0.5 / 100) * 100 or 100
-            for key, _l, port, path in TARGETS:
-                f = oha_fixed(servers, key, port, path, fixed_rate, FIXED_SECS)
-                if f is None:
-                    fixed = {}
-                    break
-                fixed[key] = f
-                log(f"fixed {fixed_rate}/s {key}: p99 {f['p99']}")
+            fixed_runs = {}
+            for rnd in range(FIXED_ROUNDS):
+                order = TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)]
+                for key, _l, port, path in order:
+                    f = oha_fixed(servers, key, port, path, fixed_rate, FIXED_SECS)
+                    if f is None:
+                        break
+                    fixed_runs.setdefault(key, []).append(f)
+                    log(f"fixed {fixed_rate}/s round {rnd + 1} {key}: p99 {f['p99'] * 1000:.2f} ms, "
+                        f"other load {f['foreign_pct']:.0f}%")
+            fixed = {k: fixed_agg(v) for k, v in fixed_runs.items()} if len(fixed_runs) == len(TARGETS) else {}
         servers.stop_all()
         servers = Servers()
         servers.start_nginx("upstream", "upstream", UPSTREAM_PORT, LOADGEN_CPUS)
