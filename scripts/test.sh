@@ -17,7 +17,8 @@ trap 'rm -rf "$LOG_DIR"' EXIT
 step() { printf '\n==> %s\n' "$*"; }
 
 # run_suite NAME COMMAND...: runs a suite, shows its output, and adds the
-# counts from its "<part>: N passed, M failed" lines to the totals. A suite
+# counts from its last "summary: N passed, M failed" line (or, without one,
+# from all its "<part>: N passed, M failed" lines) to the totals. A suite
 # that exits non-zero counts as at least one failure even if it printed none.
 run_suite() {
   local name=$1 log="$LOG_DIR/${1// /-}.log" status p f lines
@@ -25,7 +26,9 @@ run_suite() {
   step "$name"
   "$@" 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}
-  lines=$(grep -E ': [0-9]+ passed, [0-9]+ failed$' "$log" || true)
+  # A suite's own "summary:" line already adds up its parts.
+  lines=$(grep -E '^summary: [0-9]+ passed, [0-9]+ failed$' "$log" | tail -1 || true)
+  [ -n "$lines" ] || lines=$(grep -E ': [0-9]+ passed, [0-9]+ failed$' "$log" || true)
   p=$(grep -Eo '[0-9]+ passed' <<<"$lines" | awk '{s+=$1} END {print s+0}')
   f=$(grep -Eo '[0-9]+ failed' <<<"$lines" | awk '{s+=$1} END {print s+0}')
   if [ "$status" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
