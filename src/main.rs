@@ -33,10 +33,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("guestgate: cannot start the runtime: {e}");
@@ -57,6 +54,22 @@ fn main() -> ExitCode {
             Command::Healthcheck => healthcheck(cli.config).await,
         }
     })
+}
+
+/// One worker thread (`TOKIO_WORKER_THREADS=1`, or a single available CPU)
+/// runs the single-threaded scheduler: no cross-thread wake-ups, about a
+/// quarter less CPU per request (bench/NOTES.md). Otherwise one worker per
+/// CPU (or `TOKIO_WORKER_THREADS`).
+fn runtime_builder() -> tokio::runtime::Builder {
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
 }
 
 fn report(e: ConfigError) -> ExitCode {
