@@ -112,6 +112,9 @@ pub struct UpstreamSettings {
     pub pool_idle_timeout_secs: u64,
     /// Idle pooled connections kept per upstream host.
     pub pool_max_idle_per_host: usize,
+    /// Extra PEM CA certificates trusted for an `https` upstream.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[guest_messages]`
@@ -297,6 +300,8 @@ pub struct Config {
     pub cors_origins: Vec<crate::cors::OriginPattern>,
     /// Loaded `[server.tls]` certificate and key.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS settings for an `https` upstream (roots plus `upstream.ca_file`).
+    pub upstream_tls: Arc<rustls::ClientConfig>,
 }
 
 impl Config {
@@ -440,14 +445,19 @@ impl Config {
                 .map_err(|e| problems.push(e.to_string()))
                 .ok()
         });
+        let upstream_tls = crate::tls::upstream_client_config(settings.upstream.ca_file.as_deref())
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
         if settings.guest_messages.strip.iter().any(|k| k == "to") {
             problems.push(
                 "guest_messages.strip: must not contain \"to\", which is set by guest_messages.to"
                     .into(),
             );
         }
-        match (listen, upstream, route, to) {
-            (Some(listen), Some(upstream), Some(route), Some(to)) if problems.is_empty() => {
+        match (listen, upstream, route, to, upstream_tls) {
+            (Some(listen), Some(upstream), Some(route), Some(to), Some(upstream_tls))
+                if problems.is_empty() =>
+            {
                 let policy = crate::sanitize::Policy::new(
                     settings.guest_messages.strip.clone(),
                     to,
@@ -463,6 +473,7 @@ impl Config {
                     policies_by_origin,
                     cors_origins,
                     tls,
+                    upstream_tls: Arc::new(upstream_tls),
                 })
             }
             _ => Err(ConfigError { problems }),

@@ -55,7 +55,7 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(config.upstream_tls.as_ref().clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()

@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
-use rustls::ServerConfig;
+use std::path::Path;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::TlsSettings;
 
@@ -18,9 +20,38 @@ pub enum TlsError {
     /// The key file is missing, unreadable or holds no private key.
     #[error("server.tls.key_file: {0}")]
     Key(String),
+    /// `upstream.ca_file` is missing, unreadable or holds no certificate.
+    #[error("upstream.ca_file: {0}")]
+    Ca(String),
     /// rustls refused the pair (for example a key that does not match).
     #[error("server.tls: {0}")]
     Pair(String),
+}
+
+/// TLS to the upstream: the bundled Mozilla roots, plus the certificates in
+/// `upstream.ca_file` for an upstream behind a private CA (or a test one).
+pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(file) = ca_file {
+        let problem = |e: String| TlsError::Ca(format!("{}: {e}", file.display()));
+        let certs = CertificateDer::pem_file_iter(file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| problem(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(problem("no PEM certificate found".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| problem(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Pair(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Loads the certificate chain and key and offers h2 then http/1.1 by ALPN.

@@ -952,3 +952,89 @@ async fn healthcheck_exits_0_only_when_the_admin_listener_answers() {
     let down = healthcheck(listen).await.unwrap();
     assert_eq!(down.status.code(), Some(1));
 }
+
+/// An HTTPS upstream offering h2 and http/1.1 by ALPN, recording the HTTP
+/// version of each request it gets.
+async fn tls_upstream(
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<Version>>>) {
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let versions = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = versions.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        seen.lock().unwrap().push(request.version());
+                        async {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"{}"),
+                            )))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, versions)
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_reached_over_pooled_http2() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (addr, versions) = tls_upstream(&cert).await;
+    let dir = temp_dir("upstream-ca");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let ca = ca.display().to_string();
+    let base = format!("https://localhost:{}", addr.port());
+    // Without the private CA the upstream's certificate is refused: 502.
+    let untrusted = proxy_to(&base, &[]).await;
+    let (status, _) = get_text(&http1(), format!("http://{}/api/v2/x", untrusted.addr)).await;
+    assert_eq!(status, 502);
+    untrusted.shutdown().await;
+    assert!(versions.lock().unwrap().is_empty());
+
+    let proxy = proxy_to(&base, &[("GUESTGATE__UPSTREAM__CA_FILE", &ca)]).await;
+    let client = http1();
+    for _ in 0..3 {
+        let (status, _, _) = send(
+            &client,
+            post_message(proxy.addr)
+                .body(Full::new(Bytes::from(DIRTY)))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(*versions.lock().unwrap(), vec![Version::HTTP_2; 3]);
+    proxy.shutdown().await;
+    let bad = guestgate_cli(
+        &["check"],
+        &[
+            ("GUESTGATE__GUEST_MESSAGES__TO__ID", "q"),
+            ("GUESTGATE__UPSTREAM__CA_FILE", "/nonexistent/ca.pem"),
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("upstream.ca_file: "));
+}
