@@ -720,15 +720,7 @@ async fn tls_negotiates_http2_by_alpn_and_still_serves_http1() {
         ],
     )
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = client_tls_trusting(cert.cert.der());
     for (h2, version) in [(true, Version::HTTP_2), (false, Version::HTTP_11)] {
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())

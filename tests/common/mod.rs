@@ -311,3 +311,16 @@ pub async fn accept_request(listener: &TcpListener) -> TcpStream {
         }
     }
 }
+
+/// A TLS client configuration trusting exactly one (test) certificate.
+pub fn client_tls_trusting(
+    cert: &rustls::pki_types::CertificateDer<'static>,
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
