@@ -593,7 +593,9 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
     w = L.append
     w(f"# guestgate benchmark — {cfg['date']} — {info['host']}")
     w("")
-    w(f"Written by `bench/run.sh`{' (QUICK=1)' if QUICK else ''} in {elapsed / 60:.1f} min. "
+    started = os.environ.get("BENCH_STARTED")
+    total = f" ({(time.time() - int(started)) / 60:.1f} min with installs and builds)" if started else ""
+    w(f"Written by `bench/run.sh`{' (QUICK=1)' if QUICK else ''}: {elapsed / 60:.1f} min of measuring{total}. "
       "Every figure below comes from this run.")
     w("")
     w("## Machine")
@@ -621,6 +623,9 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
       f"concurrencies {', '.join(map(str, CONNS))}; {ROUNDS} round(s) of {DURATION} s per target and "
       "concurrency, targets round-robin within each round (start rotated every round) so drift hits all "
       f"alike; {WARMUP} s warm-up per target first. Figures are medians over rounds.")
+    if PIN:
+        w("- Target 1 (direct) shares core 0 with wrk, so its requests never cross cores: at c=1 it shows the "
+          "cost of a cross-core hop for the others (all proxies pay two), not a limit they could reach.")
     w("- wrk is closed-loop: its latencies are service times under saturation and suffer from coordinated "
       "omission. The fixed-rate table below uses oha `-q` with `--latency-correction` (open-loop, corrected).")
     w(f"- nginx: access_log off, upstream `keepalive 1024`, `keepalive_requests` raised on both sides, "

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # guestgate benchmark (issue 5): one command.
 #
-#   bench/run.sh            full run (~10 min once built)
-#   QUICK=1 bench/run.sh    short run (~2-3 min once built)
+#   bench/run.sh            full run (about 7 min of measuring, plus the builds:
+#                           about 9 min in all with a warm target dir, 13 from clean)
+#   QUICK=1 bench/run.sh    short run (~3 min once built)
 #
 # Installs what it needs (Debian: nginx, njs module, echo module, wrk; crates.io:
 # oha for the fixed-rate latency run), builds guestgate in release mode into
@@ -14,6 +15,8 @@
 # NO_OHA=1 (do not install oha), BENCH_PORT_BASE (default 18081, uses 8 ports).
 set -euo pipefail
 
+BENCH_STARTED="${BENCH_STARTED:-$(date +%s)}"
+export BENCH_STARTED
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/bench}"
