@@ -2,7 +2,6 @@
 //! which origins may read responses, so the upstream's own CORS policy (or
 //! lack of one) never matters to a widget.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,7 +108,7 @@ pub fn check_settings(cors: &CorsSettings, problems: &mut Vec<String>) -> Vec<Or
     origins
 }
 
-/// Adds CORS to the proxy's router when origins are configured.
+/// CORS for one configuration, when origins are configured.
 ///
 /// Only browser CORS traffic goes through the CORS layer: requests with an
 /// `Origin`, where an `OPTIONS` also carries `Access-Control-Request-Method`
@@ -118,63 +117,78 @@ pub fn check_settings(cors: &CorsSettings, problems: &mut Vec<String>) -> Vec<Or
 /// The upstream's own `Access-Control-*` response headers are removed on
 /// CORS traffic, so an upstream answering `*` cannot open the API to other
 /// sites, and a disallowed origin gets no `Access-Control-*` header at all.
-pub fn apply(router: Router, config: &Config) -> Router {
-    if config.cors_origins.is_empty() {
-        return router;
-    }
-    let cors = &config.settings.cors;
-    let origins = Arc::new(config.cors_origins.clone());
-    let allowed = {
-        let origins = origins.clone();
-        move |origin: &HeaderValue| {
-            origin
-                .to_str()
-                .is_ok_and(|origin| origins.iter().any(|p| p.matches(origin)))
+#[derive(Clone)]
+pub struct Cors {
+    origins: Arc<Vec<OriginPattern>>,
+    with_cors: Router,
+}
+
+impl Cors {
+    /// Wraps the proxy's router in the configured CORS policy; `None` when
+    /// no origin is allowed (then no request is treated as CORS traffic).
+    pub fn new(proxy: Router, config: &Config) -> Option<Self> {
+        if config.cors_origins.is_empty() {
+            return None;
         }
-    };
-    let predicate = allowed.clone();
-    let parse_headers = |list: &[String]| -> Vec<HeaderName> {
-        list.iter().filter_map(|h| h.parse().ok()).collect()
-    };
-    let layer = CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin, _| predicate(origin)))
-        .allow_methods(
-            cors.allowed_methods
-                .iter()
-                .filter_map(|m| m.parse().ok())
-                .collect::<Vec<Method>>(),
-        )
-        .allow_headers(parse_headers(&cors.allowed_headers))
-        .expose_headers(parse_headers(&cors.expose_headers))
-        .allow_credentials(cors.allow_credentials)
-        .max_age(Duration::from_secs(cors.max_age_secs));
-    let with_cors = router
-        .clone()
-        .layer(axum::middleware::map_response(strip_cors_headers))
-        .layer(layer);
-    let plain = router;
-    Router::new().fallback_service(tower::service_fn(move |request: Request| {
-        let origin = request.headers().get(header::ORIGIN).cloned();
-        let is_cors = origin.is_some()
+        let cors = &config.settings.cors;
+        let origins = Arc::new(config.cors_origins.clone());
+        let predicate = origins.clone();
+        let parse_headers = |list: &[String]| -> Vec<HeaderName> {
+            list.iter().filter_map(|h| h.parse().ok()).collect()
+        };
+        let layer = CorsLayer::new()
+            .allow_origin(AllowOrigin::predicate(move |origin, _| {
+                is_allowed(&predicate, origin)
+            }))
+            .allow_methods(
+                cors.allowed_methods
+                    .iter()
+                    .filter_map(|m| m.parse().ok())
+                    .collect::<Vec<Method>>(),
+            )
+            .allow_headers(parse_headers(&cors.allowed_headers))
+            .expose_headers(parse_headers(&cors.expose_headers))
+            .allow_credentials(cors.allow_credentials)
+            .max_age(Duration::from_secs(cors.max_age_secs));
+        let with_cors = proxy
+            .layer(axum::middleware::map_response(strip_cors_headers))
+            .layer(layer);
+        Some(Self { origins, with_cors })
+    }
+
+    /// Whether a request is browser CORS traffic (see [`Cors`]).
+    pub fn applies(request: &Request) -> bool {
+        request.headers().contains_key(header::ORIGIN)
             && (request.method() != Method::OPTIONS
                 || request
                     .headers()
-                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD));
-        let allowed = origin.as_ref().is_some_and(&allowed);
-        let service = if is_cors {
-            with_cors.clone()
+                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD))
+    }
+
+    /// Answers CORS traffic: preflights here, the rest through the proxy.
+    pub async fn call(&self, request: Request) -> Response {
+        let allowed = request
+            .headers()
+            .get(header::ORIGIN)
+            .is_some_and(|origin| is_allowed(&self.origins, origin));
+        let response = self
+            .with_cors
+            .clone()
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|never| match never {});
+        if allowed {
+            response
         } else {
-            plain.clone()
-        };
-        async move {
-            let response = service.oneshot(request).await?;
-            Ok::<_, Infallible>(if is_cors && !allowed {
-                strip_cors_headers(response).await
-            } else {
-                response
-            })
+            strip_cors_headers(response).await
         }
-    }))
+    }
+}
+
+fn is_allowed(origins: &[OriginPattern], origin: &HeaderValue) -> bool {
+    origin
+        .to_str()
+        .is_ok_and(|origin| origins.iter().any(|p| p.matches(origin)))
 }
 
 /// Removes every `Access-Control-*` response header.

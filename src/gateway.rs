@@ -11,11 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use axum::Router;
+use axum::extract::Request;
+use axum::response::Response;
 
 use crate::config::{Config, ConfigError};
+use crate::cors::Cors;
+use crate::forward::ClientInfo;
 use crate::metrics::Metrics;
-use crate::proxy::AppState;
+use crate::proxy::{self, AppState};
 
 /// Where the configuration comes from, so a reload reads the same layers.
 #[derive(Debug, Clone, Default)]
@@ -33,12 +36,27 @@ impl ConfigSource {
     }
 }
 
-/// One configuration generation: its state and the router built from it.
+/// One configuration generation: its state and CORS policy.
 pub struct Live {
     /// Configuration and upstream client.
     pub state: Arc<AppState>,
-    /// The proxy's router (CORS and middleware included) for this config.
-    pub router: Router,
+    /// Set when `cors.allowed_origins` is.
+    pub cors: Option<Cors>,
+}
+
+impl Live {
+    /// Answers one request under this generation's rules: browser CORS
+    /// traffic through the CORS layer, everything else straight to the proxy.
+    pub async fn call(self: Arc<Self>, request: Request, client: ClientInfo) -> Response {
+        match &self.cors {
+            Some(cors) if Cors::applies(&request) => {
+                let mut request = request;
+                request.extensions_mut().insert(client);
+                cors.call(request).await
+            }
+            _ => proxy::handle(self.state.clone(), request, client).await,
+        }
+    }
 }
 
 /// The running proxy's shared core.
@@ -70,11 +88,6 @@ impl Gateway {
     /// The current generation.
     pub fn current(&self) -> Arc<Live> {
         self.live.load_full()
-    }
-
-    /// The current router (cheap: routers are reference-counted).
-    pub fn router(&self) -> Router {
-        self.live.load().router.clone()
     }
 
     /// Re-reads the configuration sources. A valid configuration replaces the
@@ -212,8 +225,8 @@ fn fingerprint(file: &std::path::Path) -> Option<(SystemTime, u64)> {
 
 fn build(config: Config, metrics: &Arc<Metrics>) -> Live {
     let state = Arc::new(AppState::new(config, metrics.clone()));
-    let router = crate::server::router(state.clone());
-    Live { state, router }
+    let cors = Cors::new(proxy::router(state.clone()), &state.config);
+    Live { state, cors }
 }
 
 /// Settings bound to sockets and connection handling only change on restart.

@@ -5,8 +5,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -63,12 +64,12 @@ impl RouteKind {
     }
 }
 
-/// The axum handler behind every path.
-pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+/// Answers one proxied request from `client`: every path goes through here.
+pub async fn handle(state: Arc<AppState>, request: Request, client: ClientInfo) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let mut route = RouteKind::PassThrough;
-    let response = proxy(&state, request, &mut route)
+    let response = proxy(&state, request, client, &mut route)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     tracing::Span::current().record("route", route.as_str());
@@ -90,9 +91,26 @@ pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Res
     response
 }
 
+/// The proxy as an axum router (every path), for the layers that need one
+/// (CORS); the client comes from the `ClientInfo` extension.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new().fallback(move |request: Request| {
+        let client = request
+            .extensions()
+            .get::<ClientInfo>()
+            .copied()
+            .unwrap_or(ClientInfo {
+                peer: ([0, 0, 0, 0], 0).into(),
+                tls: false,
+            });
+        handle(state.clone(), request, client)
+    })
+}
+
 async fn proxy(
     state: &Arc<AppState>,
     request: Request,
+    client: ClientInfo,
     route: &mut RouteKind,
 ) -> Result<Response, ProxyError> {
     check_framing(request.headers(), request.version())?;
@@ -102,9 +120,9 @@ async fn proxy(
     match state.config.route.matches(&path) {
         Some(route_path) if is_post => {
             *route = RouteKind::Intercepted;
-            intercept(state.clone(), request, route_path).await
+            Box::pin(intercept(state.clone(), request, client, route_path)).await
         }
-        _ => pass_through(state, request, &path.as_path()).await,
+        _ => pass_through(state, request, client, &path.as_path()).await,
     }
 }
 
@@ -142,17 +160,6 @@ fn check_target(request: &Request) -> Result<(), ProxyError> {
     Ok(())
 }
 
-fn client_info(request: &Request) -> ClientInfo {
-    request
-        .extensions()
-        .get::<ClientInfo>()
-        .copied()
-        .unwrap_or(ClientInfo {
-            peer: ([0, 0, 0, 0], 0).into(),
-            tls: false,
-        })
-}
-
 fn original_host(request: &Request) -> Option<HeaderValue> {
     request.headers().get(header::HOST).cloned().or_else(|| {
         request
@@ -167,6 +174,7 @@ fn original_host(request: &Request) -> Option<HeaderValue> {
 async fn pass_through(
     state: &AppState,
     mut request: Request,
+    client: ClientInfo,
     path: &str,
 ) -> Result<Response, ProxyError> {
     let upgrade = forward::is_upgrade(request.headers(), request.version());
@@ -177,7 +185,6 @@ async fn pass_through(
                 .remove::<hyper::upgrade::OnUpgrade>()
         })
         .flatten();
-    let client = client_info(&request);
     let host = original_host(&request);
     let uri = state.upstream.uri_for(path, request.uri().query());
     let (parts, body) = request.into_parts();
@@ -244,6 +251,7 @@ fn content_encoding(headers: &HeaderMap) -> Result<Option<&'static str>, ProxyEr
 async fn intercept(
     state: Arc<AppState>,
     mut request: Request,
+    client: ClientInfo,
     route_path: String,
 ) -> Result<Response, ProxyError> {
     let encoding = content_encoding(request.headers())?;
@@ -262,7 +270,7 @@ async fn intercept(
         async move {
             let (parts, body) = http::Request::into_parts(request);
             let result = match read_limited(&state, body, encoding.is_some()).await {
-                Ok(bytes) => forward_sanitized(&state, parts, bytes, &route_path).await,
+                Ok(bytes) => forward_sanitized(&state, parts, client, bytes, &route_path).await,
                 Err(e) => Err(e),
             };
             Ok::<_, Infallible>(result.unwrap_or_else(IntoResponse::into_response))
@@ -315,6 +323,7 @@ fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 async fn forward_sanitized(
     state: &AppState,
     parts: http::request::Parts,
+    client: ClientInfo,
     body: Bytes,
     route_path: &str,
 ) -> Result<Response, ProxyError> {
@@ -333,7 +342,6 @@ async fn forward_sanitized(
         (sanitized, HeaderValue::from_static("application/json"))
     };
     let request = Request::from_parts(parts, Body::empty());
-    let client = client_info(&request);
     let host = original_host(&request);
     let uri = state.upstream.uri_for(route_path, request.uri().query());
     let (parts, _) = request.into_parts();

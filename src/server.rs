@@ -4,14 +4,17 @@
 //! that helper does not expose: a header-read timeout, a head size limit, a
 //! connection cap, HTTP/1 upgrades together with h2c, and a drain deadline.
 
-use std::future::Future;
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,35 +23,24 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
-use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::Config;
+use crate::error::ProxyError;
 use crate::forward::ClientInfo;
 use crate::gateway::{ConfigSource, Gateway};
 use crate::metrics::OpenGuard;
-use crate::proxy::{self, AppState};
+use crate::telemetry;
 
-/// Builds the proxy's router: every path goes to the proxy handler, with
-/// CORS in front when configured.
-pub fn router(state: Arc<AppState>) -> Router {
-    let proxy = Router::new()
-        .fallback(proxy::handle)
-        .with_state(state.clone());
-    with_middleware(crate::cors::apply(proxy, &state.config))
-}
-
-/// The middleware every proxied request goes through: request id and log
-/// span outermost, then panic isolation (a panicking request gets a 500
-/// problem and the server keeps serving).
-pub fn with_middleware(router: Router) -> Router {
-    router
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn(crate::telemetry::request_span))
-}
-
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
-    tracing::error!("request handler panicked");
-    axum::response::IntoResponse::into_response(crate::error::ProxyError::Internal)
+/// Answers a request whose handler panicked: a 500 problem, and the server
+/// keeps serving.
+async fn catch_panic(handler: impl Future<Output = Response>) -> Response {
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("request handler panicked");
+            ProxyError::Internal.into_response()
+        }
+    }
 }
 
 /// Connection-level limits, from `[server]`.
@@ -98,12 +90,16 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// What a listener serves: the router for each request (looked up per
+/// What a listener serves: the handler for each request (looked up per
 /// request, so a reload applies to kept-alive connections too), TLS, and the
 /// open-connections gauge.
 pub trait Connections: Send + Sync + 'static {
-    /// The router the next request goes to.
-    fn router(&self) -> Router;
+    /// Answers one request from `client`.
+    fn call(
+        &self,
+        request: Request,
+        client: ClientInfo,
+    ) -> impl Future<Output = Response> + Send + 'static;
     /// TLS for new connections; `None` serves plain HTTP/1.1 and h2c.
     fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         None
@@ -114,15 +110,30 @@ pub trait Connections: Send + Sync + 'static {
     }
 }
 
+/// Any axum router can be served (with request ids, logs and panic
+/// isolation); the client's address is in the `ClientInfo` extension.
 impl Connections for Router {
-    fn router(&self) -> Router {
-        self.clone()
+    fn call(
+        &self,
+        mut request: Request,
+        client: ClientInfo,
+    ) -> impl Future<Output = Response> + Send + 'static {
+        request.extensions_mut().insert(client);
+        let response = self.clone().oneshot(request);
+        async move { response.await.unwrap_or_else(|never| match never {}) }
     }
 }
 
 impl Connections for Gateway {
-    fn router(&self) -> Router {
-        Gateway::router(self)
+    fn call(
+        &self,
+        request: Request,
+        client: ClientInfo,
+    ) -> impl Future<Output = Response> + Send + 'static {
+        // Boxed once here: the handler's future is several KiB, and the
+        // wrappers around it (span, panic guard, hyper's dispatcher) would
+        // otherwise copy it on every request.
+        Box::pin(self.current().call(request, client))
     }
     fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.current().state.config.tls.clone()
@@ -252,19 +263,22 @@ fn connection_service<C: Connections>(
     client: ClientInfo,
     first_request: Arc<Notify>,
 ) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = axum::response::Response,
-    Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>>
-             + Send
-             + 'static,
+    hyper::Request<Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send + 'static,
 > + Clone
 + Send
 + 'static {
-    hyper::service::service_fn(move |mut request: Request<Incoming>| {
+    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         first_request.notify_one();
-        request.extensions_mut().insert(client);
-        app.router().oneshot(request)
+        let app = app.clone();
+        async move {
+            let request = request.map(Body::new);
+            let handler = |request| catch_panic(async move { app.call(request, client).await });
+            let response = telemetry::traced(request, handler).await;
+            Ok(response)
+        }
     })
 }
 

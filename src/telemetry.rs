@@ -8,7 +8,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use http::HeaderValue;
 use tracing_subscriber::EnvFilter;
@@ -49,10 +48,6 @@ where
     };
 }
 
-/// The id of one request, as an extension for handlers that want it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
 /// A client id is kept when it is short and made of safe characters, so it
 /// can go into logs and upstream headers without escaping.
 fn is_sane(value: &HeaderValue) -> bool {
@@ -83,15 +78,19 @@ fn generate() -> HeaderValue {
     HeaderValue::from_str(&format!("{prefix}-{n:x}")).expect("hex is a valid header value")
 }
 
-/// Middleware: keeps a sane incoming `X-Request-Id` or sets a new one, sends it
-/// upstream, returns it to the client, and opens the request's log span.
-pub async fn request_span(mut request: Request, next: Next) -> Response {
+/// Wraps the handling of one request: keeps a sane incoming `X-Request-Id`
+/// or sets a new one, sends it upstream, returns it to the client, and runs
+/// `handler` inside the request's log span.
+pub async fn traced<F, Fut>(mut request: Request, handler: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let id = match request.headers().get(REQUEST_ID) {
         Some(value) if is_sane(value) => value.clone(),
         _ => generate(),
     };
     request.headers_mut().insert(REQUEST_ID, id.clone());
-    request.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or_default(),
@@ -100,7 +99,7 @@ pub async fn request_span(mut request: Request, next: Next) -> Response {
         route = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
-    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let mut response = tracing::Instrument::instrument(handler(request), span.clone()).await;
     response.headers_mut().insert(REQUEST_ID, id);
     span.in_scope(|| {
         tracing::info!(
