@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +17,10 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
@@ -72,22 +72,29 @@ impl Limits {
     }
 }
 
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(limits.idle_timeout / 2)
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
+/// hyper's HTTP/1 and HTTP/2 connection settings, from the limits.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(limits: &Limits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_concurrent_streams(256)
+            .keep_alive_interval(limits.idle_timeout / 2)
+            .keep_alive_timeout(Duration::from_secs(20));
+        Self { http1, http2 }
+    }
 }
 
 /// What a listener serves: the handler for each request (looked up per
@@ -151,8 +158,10 @@ pub async fn serve<C: Connections>(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(connection_builder(&limits));
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(Protocols::new(&limits));
+    let (stop, stopping) = watch::channel(false);
+    // One permit per open connection: holding all of them again means
+    // every connection has closed.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -174,8 +183,8 @@ pub async fn serve<C: Connections>(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let protocols = protocols.clone();
+        let stopping = stopping.clone();
         let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _open = app.opened();
@@ -184,13 +193,29 @@ pub async fn serve<C: Connections>(
                 peer,
                 tls: tls.is_some(),
             };
+            let connection = Connection {
+                app,
+                client,
+                protocols,
+                stopping,
+                timeout,
+            };
             match tls {
-                None => run_connection(stream, app, client, &builder, watcher, timeout).await,
+                None => {
+                    match tokio::time::timeout(timeout, starts_with_h2_preface(&stream)).await {
+                        Ok(Ok(h2)) => connection.run(stream, h2).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection failed"),
+                        Err(_) => {
+                            tracing::debug!(%peer, "no request within the header read timeout")
+                        }
+                    }
+                }
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            run_connection(stream, app, client, &builder, watcher, timeout).await
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            connection.run(stream, h2).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -201,8 +226,11 @@ pub async fn serve<C: Connections>(
         });
     }
     drop(listener);
-    tracing::info!(in_flight = graceful.count(), "draining connections");
-    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+    let open = limits.max_connections - slots.available_permits();
+    tracing::info!(open_connections = open, "draining connections");
+    stop.send_replace(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.shutdown_timeout, slots.acquire_many(all))
         .await
         .is_err()
     {
@@ -210,35 +238,74 @@ pub async fn serve<C: Connections>(
     }
 }
 
-/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on one accepted connection.
-async fn run_connection<C, I>(
-    io: I,
+/// The HTTP/2 client preface, which an h2c client with prior knowledge
+/// sends first (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells h2c (prior knowledge) from HTTP/1 by peeking at the first bytes,
+/// without consuming them: hyper then reads the connection from its start,
+/// and each connection holds only its own protocol's state and buffers.
+async fn starts_with_h2_preface(stream: &TcpStream) -> io::Result<bool> {
+    let mut head = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut head).await?;
+        if n == 0 || head[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface so far: wait for the rest (bounded by the
+        // caller's header read timeout).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One accepted connection, before its protocol is known.
+struct Connection<C> {
     app: Arc<C>,
     client: ClientInfo,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    protocols: Arc<Protocols>,
+    stopping: watch::Receiver<bool>,
     timeout: Duration,
-) where
-    C: Connections,
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let first_request = Arc::new(Notify::new());
-    let service = connection_service(app, client, first_request.clone());
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    drive(
-        watcher.watch(connection.into_owned()),
-        &first_request,
-        timeout,
-    )
-    .await;
+}
+
+impl<C: Connections> Connection<C> {
+    /// Serves HTTP/2 or HTTP/1.1 (with upgrades). Each is boxed: a
+    /// connection's state is a few KiB, and an idle HTTP/1 connection
+    /// should not also hold room for HTTP/2's.
+    async fn run<I>(self, io: I, h2: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let first_request = Arc::new(Notify::new());
+        let service = connection_service(self.app, self.client, first_request.clone());
+        let io = TokioIo::new(io);
+        let (stopping, timeout) = (self.stopping, self.timeout);
+        if h2 {
+            let connection = Box::pin(self.protocols.http2.serve_connection(io, service));
+            let graceful = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
+            drive(connection, graceful, stopping, &first_request, timeout).await;
+        } else {
+            let connection = self.protocols.http1.serve_connection(io, service);
+            let connection = Box::pin(connection.with_upgrades());
+            let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+            drive(connection, graceful, stopping, &first_request, timeout).await;
+        }
+    }
 }
 
 /// Runs a connection, dropping it if no request arrives within `timeout`.
 /// hyper's own header-read timeout only starts once HTTP/1 has been told
 /// apart from HTTP/2, so a client that sends nothing (or a slow HTTP/2
 /// preface) would otherwise hold its slot forever.
-async fn drive<F, E>(connection: F, first_request: &Notify, timeout: Duration)
-where
+async fn drive<F, E>(
+    mut connection: Pin<Box<F>>,
+    graceful_shutdown: impl Fn(Pin<&mut F>),
+    mut stopping: watch::Receiver<bool>,
+    first_request: &Notify,
+    timeout: Duration,
+) where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
@@ -250,13 +317,31 @@ where
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        result = connection => if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
-        },
-        () = deadline => tracing::debug!("no request within the header read timeout"),
+    tokio::pin!(deadline);
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = &mut deadline => {
+                tracing::debug!("no request within the header read timeout");
+                return;
+            }
+            // Finish the request in flight, answer it with `Connection:
+            // close` (HTTP/1) or GOAWAY (HTTP/2), then close.
+            _ = stopping.wait_for(|stop| *stop), if !draining => {
+                draining = true;
+                graceful_shutdown(connection.as_mut());
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
+
+/// A request's future, boxed: hyper keeps a slot for it in every
+/// connection, so its size is paid per open connection, not per request.
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 fn connection_service<C: Connections>(
     app: Arc<C>,
@@ -266,19 +351,19 @@ fn connection_service<C: Connections>(
     hyper::Request<Incoming>,
     Response = Response,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response, Infallible>> + Send + 'static,
+    Future = ResponseFuture,
 > + Clone
 + Send
 + 'static {
-    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    hyper::service::service_fn(move |request: hyper::Request<Incoming>| -> ResponseFuture {
         first_request.notify_one();
         let app = app.clone();
-        async move {
+        Box::pin(async move {
             let request = request.map(Body::new);
             let handler = |request| catch_panic(async move { app.call(request, client).await });
             let response = telemetry::traced(request, handler).await;
             Ok(response)
-        }
+        })
     })
 }
 
