@@ -260,6 +260,11 @@ async fn intercept(
     if let Some(encoding) = encoding {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
     }
+    if encoding.is_none() {
+        let (parts, body) = request.into_parts();
+        let body = read_limited(&state, body, false).await?;
+        return forward_sanitized(&state, parts, client, body, &route_path).await;
+    }
     let limit = state.config.settings.server.max_body_bytes;
     // The compressed stream may not be larger than the decoded limit either.
     let request = request.map(|body| Body::new(Limited::new(body, limit)));
@@ -269,7 +274,7 @@ async fn intercept(
         let route_path = route_path.clone();
         async move {
             let (parts, body) = http::Request::into_parts(request);
-            let result = match read_limited(&state, body, encoding.is_some()).await {
+            let result = match read_limited(&state, body, true).await {
                 Ok(bytes) => forward_sanitized(&state, parts, client, bytes, &route_path).await,
                 Err(e) => Err(e),
             };
@@ -350,7 +355,7 @@ async fn forward_sanitized(
     headers.remove(header::CONTENT_ENCODING);
     headers.insert(header::CONTENT_TYPE, content_type);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    let mut response = send_with_retry(state, &uri, &headers, body).await?;
+    let mut response = send_with_retry(state, &uri, headers, body).await?;
     forward::prepare_response(&mut response);
     Ok(response)
 }
@@ -394,16 +399,22 @@ fn report_only_body(
 async fn send_with_retry(
     state: &AppState,
     uri: &http::Uri,
-    headers: &HeaderMap,
+    mut headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ProxyError> {
     let retry = &state.config.settings.guest_messages.retry;
     let mut attempt = 1;
     loop {
+        let last = attempt >= retry.attempts;
         let mut outgoing = http::Request::new(Body::from(body.clone()));
         *outgoing.method_mut() = Method::POST;
         *outgoing.uri_mut() = uri.clone();
-        *outgoing.headers_mut() = headers.clone();
+        // The last attempt takes the headers; earlier ones send copies.
+        *outgoing.headers_mut() = if last {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
         let started = Instant::now();
         let result = state.upstream.send(outgoing).await;
         state
@@ -414,7 +425,7 @@ async fn send_with_retry(
             Err(ProxyError::UpstreamUnreachable) => true,
             Err(_) => false,
         };
-        if !retryable || attempt >= retry.attempts {
+        if !retryable || last {
             return result;
         }
         let delay = backoff(retry.backoff_ms, retry.max_backoff_ms, attempt);
