@@ -36,6 +36,30 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Request headers never forwarded: hop-by-hop ones, `Upgrade` (put back
+/// for upgrade requests), `Expect` (answered here), `Host` (the client sets
+/// the upstream's) and method overrides.
+const REQUEST_DROPPED: [HeaderName; 14] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::EXPECT,
+    header::HOST,
+    HeaderName::from_static(METHOD_OVERRIDE_HEADERS[0]),
+    HeaderName::from_static(METHOD_OVERRIDE_HEADERS[1]),
+    HeaderName::from_static(METHOD_OVERRIDE_HEADERS[2]),
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// The pooled client to the one configured upstream.
 #[derive(Clone)]
 pub struct Upstream {
@@ -143,10 +167,20 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    remove_all(headers, &HOP_BY_HOP);
+}
+
+/// Removes `names` and the headers the Connection header names (which is
+/// one of `names`). Looking through the few headers a message has first is
+/// cheaper than a hash lookup per name when, as usual, none is there.
+fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if !headers.keys().any(|name| names.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named.iter().chain(names) {
         headers.remove(name);
     }
 }
@@ -174,35 +208,29 @@ pub fn prepare_headers(
     } else {
         None
     };
-    strip_hop_by_hop(headers);
-    headers.remove(header::UPGRADE);
-    headers.remove(header::EXPECT);
-    headers.remove(header::HOST);
-    for name in METHOD_OVERRIDE_HEADERS {
-        headers.remove(name);
-    }
+    remove_all(headers, &REQUEST_DROPPED);
     if let Some(value) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, value);
     }
-    let ip = client.peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let ip = client.peer.ip();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
+        _ => ip.to_string(),
     };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", value);
+    if let Ok(value) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if client.tls { "https" } else { "http" }),
     );
     match host {
         Some(host) => {
-            headers.insert("x-forwarded-host", host);
+            headers.insert(X_FORWARDED_HOST, host);
         }
         None => {
-            headers.remove("x-forwarded-host");
+            headers.remove(X_FORWARDED_HOST);
         }
     }
 }

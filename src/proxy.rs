@@ -122,7 +122,7 @@ async fn proxy(
             *route = RouteKind::Intercepted;
             Box::pin(intercept(state.clone(), request, client, route_path)).await
         }
-        _ => pass_through(state, request, client, &path.as_path()).await,
+        _ => pass_through(state, request, client, path.as_path()).await,
     }
 }
 

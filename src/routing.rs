@@ -30,27 +30,22 @@ pub enum PathError {
     NotOriginForm,
 }
 
-/// One path segment in canonical spelling.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where one segment lies in [`CanonicalPath`]'s text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
-    /// Canonical text, including any `;parameters`.
-    text: String,
-    /// Length of the part before the first `;`.
-    bare_len: usize,
-}
-
-impl Segment {
-    fn bare(&self) -> &str {
-        &self.text[..self.bare_len]
-    }
+    /// First byte, after the `/`.
+    start: usize,
+    /// End of the part before the first `;`.
+    bare_end: usize,
 }
 
 /// A path in canonical form: percent-encoded unreserved characters decoded,
 /// other escapes upper-cased, dot segments resolved, empty segments removed.
+/// Built in one buffer: the forwarded path is that buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalPath {
+    text: String,
     segments: Vec<Segment>,
-    trailing_slash: bool,
 }
 
 impl CanonicalPath {
@@ -59,42 +54,47 @@ impl CanonicalPath {
         if !raw.starts_with('/') {
             return Err(PathError::NotOriginForm);
         }
-        let mut segments: Vec<Segment> = Vec::new();
+        let mut text = String::with_capacity(raw.len() + 1);
+        let mut segments: Vec<Segment> = Vec::with_capacity(8);
         let mut trailing_slash = false;
         for raw_segment in raw[1..].split('/') {
-            let text = normalize_segment(raw_segment)?;
+            let slash = text.len();
+            text.push('/');
+            let start = text.len();
+            normalize_segment_into(&mut text, raw_segment)?;
+            let bare_end = text[start..].find(';').map_or(text.len(), |i| start + i);
             trailing_slash = false;
-            let bare_len = text.find(';').unwrap_or(text.len());
             // Servers that drop `;parameters` before resolving dot segments
             // (Tomcat, Jetty, Spring) read `..;x` as `..` and `;x` as an
             // empty segment, so they are resolved here the same way.
-            match &text[..bare_len] {
-                "" | "." => trailing_slash = true,
-                ".." => {
-                    segments.pop();
+            match &text[start..bare_end] {
+                "" | "." => {
+                    text.truncate(slash);
                     trailing_slash = true;
                 }
-                _ => segments.push(Segment { text, bare_len }),
+                ".." => {
+                    text.truncate(slash);
+                    if let Some(previous) = segments.pop() {
+                        text.truncate(previous.start - 1);
+                    }
+                    trailing_slash = true;
+                }
+                _ => segments.push(Segment { start, bare_end }),
             }
         }
-        let trailing_slash = trailing_slash && !segments.is_empty();
-        Ok(Self {
-            segments,
-            trailing_slash,
-        })
+        if segments.is_empty() || trailing_slash {
+            text.push('/');
+        }
+        Ok(Self { text, segments })
     }
 
     /// The canonical path as forwarded for a pass-through request.
-    pub fn as_path(&self) -> String {
-        let mut out = String::with_capacity(64);
-        for segment in &self.segments {
-            out.push('/');
-            out.push_str(&segment.text);
-        }
-        if self.segments.is_empty() || self.trailing_slash {
-            out.push('/');
-        }
-        out
+    pub fn as_path(&self) -> &str {
+        &self.text
+    }
+
+    fn bare(&self, segment: &Segment) -> &str {
+        &self.text[segment.start..segment.bare_end]
     }
 }
 
@@ -128,8 +128,14 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 fn normalize_segment(raw: &str) -> Result<String, PathError> {
+    let mut out = String::with_capacity(raw.len());
+    normalize_segment_into(&mut out, raw)?;
+    Ok(out)
+}
+
+/// Appends the canonical spelling of one raw segment to `out`.
+fn normalize_segment_into(out: &mut String, raw: &str) -> Result<(), PathError> {
     let bytes = raw.as_bytes();
-    let mut out = String::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -154,13 +160,18 @@ fn normalize_segment(raw: &str) -> Result<String, PathError> {
             }
             b'\\' => return Err(PathError::Backslash),
             _ if is_pchar(b) => {
-                out.push(b as char);
-                i += 1;
+                // A run of plain characters is copied at once.
+                let run = bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'%' || !is_pchar(b))
+                    .map_or(bytes.len(), |n| i + n);
+                out.push_str(&raw[i..run]);
+                i = run;
             }
             _ => return Err(PathError::InvalidCharacter),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One segment of a route template.
@@ -222,7 +233,7 @@ impl RouteTemplate {
         }
         let mut out = String::with_capacity(96);
         for (template, segment) in self.segments.iter().zip(&path.segments) {
-            let bare = segment.bare();
+            let bare = path.bare(segment);
             match template {
                 TemplateSegment::Literal(literal) if literal.eq_ignore_ascii_case(bare) => {
                     out.push('/');
@@ -311,7 +322,7 @@ mod tests {
 
     #[test]
     fn pass_through_paths_keep_their_shape_in_canonical_form() {
-        let canon = |raw: &str| CanonicalPath::parse(raw).unwrap().as_path();
+        let canon = |raw: &str| CanonicalPath::parse(raw).unwrap().as_path().to_owned();
         assert_eq!(canon("/"), "/");
         assert_eq!(canon("//"), "/");
         assert_eq!(canon("/a/b/"), "/a/b/");
@@ -325,8 +336,8 @@ mod tests {
     #[test]
     fn canonical_form_is_a_fixed_point() {
         for raw in ["/a//b/./c/../%41%2e%3a/", "/x;y/%C3%A9", "/.."] {
-            let once = CanonicalPath::parse(raw).unwrap().as_path();
-            let twice = CanonicalPath::parse(&once).unwrap().as_path();
+            let once = CanonicalPath::parse(raw).unwrap().as_path().to_owned();
+            let twice = CanonicalPath::parse(&once).unwrap().as_path().to_owned();
             assert_eq!(once, twice);
         }
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::Request;
 use axum::response::Response;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -17,6 +17,8 @@ use crate::config::{LogFormat, LogSettings};
 
 /// The header carrying the request id to the upstream and back to the client.
 pub const REQUEST_ID: &str = "x-request-id";
+
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 
 /// Installs the global subscriber writing to stdout; `RUST_LOG` wins over
 /// `log.level`. Calling it twice is harmless (tests start several proxies).
@@ -75,7 +77,7 @@ fn generate() -> HeaderValue {
         format!("{:016x}", hasher.finish())
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix}-{n:x}")).expect("hex is a valid header value")
+    HeaderValue::try_from(format!("{prefix}-{n:x}")).expect("hex is a valid header value")
 }
 
 /// Wraps the handling of one request: keeps a sane incoming `X-Request-Id`
@@ -86,11 +88,11 @@ where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let id = match request.headers().get(REQUEST_ID) {
+    let id = match request.headers().get(&REQUEST_ID_HEADER) {
         Some(value) if is_sane(value) => value.clone(),
         _ => generate(),
     };
-    request.headers_mut().insert(REQUEST_ID, id.clone());
+    request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or_default(),
@@ -100,7 +102,7 @@ where
     );
     let started = std::time::Instant::now();
     let mut response = tracing::Instrument::instrument(handler(request), span.clone()).await;
-    response.headers_mut().insert(REQUEST_ID, id);
+    response.headers_mut().insert(REQUEST_ID_HEADER, id);
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),

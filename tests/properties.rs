@@ -379,10 +379,10 @@ proptest! {
         prop_assert_eq!(template.matches(&path), Some(canonical.clone()), "{}", raw);
         // What is forwarded is itself the route, in canonical form.
         let forwarded = CanonicalPath::parse(&canonical).unwrap();
-        prop_assert_eq!(forwarded.as_path(), canonical.clone());
+        prop_assert_eq!(forwarded.as_path(), canonical.as_str());
         prop_assert_eq!(template.matches(&forwarded), Some(canonical));
         // The canonical form is a fixed point.
-        let again = CanonicalPath::parse(&path.as_path()).unwrap();
+        let again = CanonicalPath::parse(path.as_path()).unwrap();
         prop_assert_eq!(again, path);
     }
 
@@ -406,15 +406,15 @@ proptest! {
     fn canonical_form_is_a_fixed_point_and_parameters_never_hide_a_route(raw in path_like()) {
         let path = CanonicalPath::parse(&raw).unwrap();
         let canonical = path.as_path();
-        let again = CanonicalPath::parse(&canonical).unwrap();
+        let again = CanonicalPath::parse(canonical).unwrap();
         prop_assert_eq!(&again, &path, "{}", raw);
-        prop_assert_eq!(again.as_path(), canonical.clone());
+        prop_assert_eq!(again.as_path(), canonical);
         for route in [ROUTE, "/v/{id}/m", "/a/{x}"] {
             let template = RouteTemplate::parse(route).unwrap();
             let matched = template.matches(&path);
             prop_assert_eq!(template.matches(&again), matched.clone());
             prop_assert_eq!(
-                template.matches(&without_parameters(&canonical)),
+                template.matches(&without_parameters(canonical)),
                 matched,
                 "{} -> {} for {}", raw, canonical, route
             );

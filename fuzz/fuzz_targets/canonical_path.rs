@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     let canonical = path.as_path();
     assert!(canonical.starts_with('/'), "origin-form");
     assert!(!canonical.contains("//"), "no empty segment");
-    let again = CanonicalPath::parse(&canonical).expect("the canonical form parses");
+    let again = CanonicalPath::parse(canonical).expect("the canonical form parses");
     assert_eq!(again, path, "canonical form is a fixed point");
     assert_eq!(
         again.as_path(),
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         let matched = template.matches(&path);
         assert_eq!(template.matches(&again), matched, "matching is stable");
         assert_eq!(
-            template.matches(&without_parameters(&canonical)),
+            template.matches(&without_parameters(canonical)),
             matched,
             "an upstream that drops ;parameters routes {canonical:?} the same way"
         );
