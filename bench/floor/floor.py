@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""The floor experiment (see bench/NOTES.md): CPU per request of a minimal hyper
+proxy against nginx proxy_pass and guestgate, measured like bench.py (server on
+core 1 with one worker, wrk with 32 keep-alive connections and the shared nginx
+upstream on core 0), rounds interleaved. Prints a markdown table.
+
+usage: floor.py FLOOR_BIN GUESTGATE_BIN [ROUNDS]
+"""
+
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLOOR, GUESTGATE = sys.argv[1], sys.argv[2]
+ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+UPSTREAM, PROXY = 19281, 19284
+MSG = "/api/v2/conversations/messaging/guest/conversations/bench-conv/messages"
+WORK = tempfile.mkdtemp(prefix="guestgate-floor-")
+
+
+def nginx_conf(name, port):
+    text = open(os.path.join(BENCH, "nginx", f"{name}.conf")).read()
+    for k, v in {"@PID@": os.path.join(WORK, f"{name}.pid"), "@ERRLOG@": os.path.join(WORK, f"{name}.err"),
+                 "@UPSTREAM_PORT@": str(UPSTREAM), "@PROXY_PORT@": str(port),
+                 "@WORK@": WORK, "@BENCH@": BENCH}.items():
+        text = text.replace(k, v)
+    path = os.path.join(WORK, f"{name}.conf")
+    open(path, "w").write(text)
+    return ["nginx", "-p", WORK, "-c", path, "-g", "daemon off;"]
+
+
+def start(cmd, core, env=None):
+    p = subprocess.Popen(["taskset", "-c", core] + cmd, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    port = UPSTREAM if core == "0" else PROXY
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return p
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{cmd[0]} did not start")
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process (all threads) and its children (nginx workers)."""
+    total = 0
+    for p in [pid] + [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]:
+        fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def wrk(path, seconds):
+    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{seconds}s", "-s",
+                          os.path.join(BENCH, "lib", "post.lua"), f"http://127.0.0.1:{PROXY}{path}"],
+                         env={**os.environ, "BENCH_BODY_FILE": os.path.join(BENCH, "lib", "message.json")},
+                         capture_output=True, text=True).stdout
+    return int(re.search(r"(\d+) requests in", out).group(1)), "Non-2xx" in out
+
+
+gg_env = {**os.environ, "GUESTGATE__SERVER__LISTEN": f"127.0.0.1:{PROXY}",
+          "GUESTGATE__UPSTREAM__BASE_URL": f"http://127.0.0.1:{UPSTREAM}",
+          "GUESTGATE__GUEST_MESSAGES__TO__ID": "bench-queue", "RUST_LOG": "warn", "TOKIO_WORKER_THREADS": "1"}
+TARGETS = [
+    ("nginx proxy_pass", nginx_conf("proxy", PROXY), None, MSG),
+    ("floor: hyper + hyper-util pooled client", [FLOOR, f"127.0.0.1:{PROXY}", f"127.0.0.1:{UPSTREAM}", "pool"], None, MSG),
+    ("floor: hyper, one upstream connection per client connection",
+     [FLOOR, f"127.0.0.1:{PROXY}", f"127.0.0.1:{UPSTREAM}", "direct"], None, MSG),
+    ("guestgate, pass-through route", [GUESTGATE], gg_env, "/api/v2/bench/other"),
+    ("guestgate, intercepted route", [GUESTGATE], gg_env, MSG),
+]
+
+hz = os.sysconf("SC_CLK_TCK")
+upstream = start(nginx_conf("upstream", UPSTREAM), "0")
+results = {t[0]: [] for t in TARGETS}
+try:
+    for rnd in range(ROUNDS):
+        for name, cmd, env, path in TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)]:
+            p = start(cmd, "1", env)
+            try:
+                wrk(path, 1)
+                before = cpu_ticks(p.pid)
+                n, non2xx = wrk(path, 6)
+                used = (cpu_ticks(p.pid) - before) / hz
+                if non2xx:
+                    raise SystemExit(f"{name}: non-2xx answers")
+                results[name].append((n / 6, used / n * 1e6))
+            finally:
+                p.terminate()
+                p.wait()
+                time.sleep(0.3)
+finally:
+    upstream.terminate()
+
+print(f"| server (core 1, one worker; wrk -c32) | req/s | CPU µs per request |\n|---|---:|---:|")
+for name, *_ in TARGETS:
+    rps = statistics.median(r[0] for r in results[name])
+    cpu = statistics.median(r[1] for r in results[name])
+    print(f"| {name} | {rps:,.0f} | {cpu:.1f} |")
