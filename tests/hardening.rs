@@ -377,6 +377,35 @@ async fn http2_requests_get_the_same_treatment() {
     proxy.shutdown().await;
 }
 
+#[tokio::test]
+async fn http1_and_h2c_are_told_apart_even_when_the_first_bytes_trickle_in() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy(
+        &upstream,
+        &[("GUESTGATE__SERVER__HEADER_READ_TIMEOUT_MS", "300")],
+    )
+    .await;
+    // "P" could start the HTTP/2 preface ("PRI * HTTP/2.0...") or "POST".
+    let mut split = TcpStream::connect(proxy.addr).await.unwrap();
+    split.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    split
+        .write_all(&post("/api/v2/other", "", b"{}")[1..])
+        .await
+        .unwrap();
+    let response = read_response(&mut split).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream.requests().pop().unwrap().uri, "/api/v2/other");
+    // A client that stops inside the preface is dropped like a silent one.
+    let mut stuck = TcpStream::connect(proxy.addr).await.unwrap();
+    stuck.write_all(b"PRI * HTTP/2").await.unwrap();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), stuck.read_to_end(&mut Vec::new())).await;
+    assert!(closed.is_ok(), "connection closed by the proxy");
+    assert_eq!(upstream.count(), 1);
+    proxy.shutdown().await;
+}
+
 // ---------------------------------------------------------------- framing
 
 #[tokio::test]
