@@ -3,6 +3,9 @@
 //! The accept loop is ours rather than `axum::serve` because a proxy needs what
 //! that helper does not expose: a header-read timeout, a head size limit, a
 //! connection cap, HTTP/1 upgrades together with h2c, and a drain deadline.
+//! Requests go to a plain hyper service rather than through a router, and
+//! each connection holds only its own protocol's state: this is the hot path,
+//! and what an idle keep-alive connection costs (`bench/NOTES.md`).
 
 use std::convert::Infallible;
 use std::io;
