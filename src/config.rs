@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderName, Uri};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -83,6 +83,11 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// An upgraded (WebSocket) connection idle this long in both directions is closed.
     pub upgrade_idle_timeout_secs: u64,
+    /// Protocols a client may upgrade to through the proxy (`Upgrade` tokens);
+    /// any other upgrade request goes upstream as a plain request, so no
+    /// tunnel (h2c above all) can carry requests past the sanitizer.
+    #[serde(deserialize_with = "string_list")]
+    pub upgrade_protocols: Vec<String>,
     /// Serve HTTPS (HTTP/2 via ALPN) instead of plain HTTP/1.1 and h2c.
     #[serde(default)]
     pub tls: Option<TlsSettings>,
@@ -435,6 +440,17 @@ impl Config {
         }
         if settings.server.upgrade_idle_timeout_secs == 0 {
             problems.push("server.upgrade_idle_timeout_secs: must be greater than 0".into());
+        }
+        for protocol in &settings.server.upgrade_protocols {
+            if protocol.eq_ignore_ascii_case("h2c") {
+                problems.push(
+                    "server.upgrade_protocols: h2c would tunnel requests past the sanitizer".into(),
+                );
+            } else if HeaderName::from_bytes(protocol.as_bytes()).is_err() {
+                problems.push(format!(
+                    "server.upgrade_protocols: {protocol:?} is not a protocol name"
+                ));
+            }
         }
         if settings.admin.readiness_interval_secs == 0 {
             problems.push("admin.readiness_interval_secs: must be greater than 0".into());

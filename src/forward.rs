@@ -148,11 +148,32 @@ impl Upstream {
     }
 }
 
-/// True for an HTTP/1.1 request asking to switch protocols (e.g. WebSocket).
-pub fn is_upgrade(headers: &HeaderMap, version: Version) -> bool {
+/// True for an HTTP/1.1 request asking to switch to one of `allowed`
+/// (e.g. WebSocket). Other upgrade requests are forwarded as plain ones.
+pub fn is_upgrade(headers: &HeaderMap, version: Version, allowed: &[String]) -> bool {
     version == Version::HTTP_11
-        && headers.contains_key(header::UPGRADE)
         && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && upgrades_to(headers, allowed)
+}
+
+/// True when `headers` carry an `Upgrade` whose every protocol (name, any
+/// `/version` aside) is one of `allowed`: checked on requests, and on a 101
+/// answer, which must switch to what was asked for.
+pub fn upgrades_to(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let mut any = false;
+    for value in headers.get_all(header::UPGRADE) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for protocol in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let name = protocol.split('/').next().unwrap_or_default();
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                return false;
+            }
+            any = true;
+        }
+    }
+    any
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -363,10 +384,43 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert!(is_upgrade(&h, Version::HTTP_11));
-        assert!(!is_upgrade(&h, Version::HTTP_2));
+        let allowed = ["websocket".to_owned()];
+        assert!(is_upgrade(&h, Version::HTTP_11, &allowed));
+        assert!(!is_upgrade(&h, Version::HTTP_2, &allowed));
         prepare_headers(&mut h, client(), None, true);
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn only_allowed_protocols_are_upgrades() {
+        let allowed = ["websocket".to_owned()];
+        let upgrade = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+            h.insert(header::UPGRADE, value.parse().unwrap());
+            is_upgrade(&h, Version::HTTP_11, &allowed)
+        };
+        assert!(upgrade("websocket"));
+        assert!(upgrade("WebSocket"));
+        assert!(upgrade("websocket/13"));
+        assert!(!upgrade("h2c"));
+        assert!(!upgrade("websocket, h2c"));
+        assert!(!upgrade(" , "));
+        assert!(!upgrade("TLS/1.3"));
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(
+            !is_upgrade(&h, Version::HTTP_11, &allowed),
+            "no Connection: upgrade"
+        );
+        h.insert(header::CONNECTION, "upgrade".parse().unwrap());
+        h.append(header::UPGRADE, "h2c".parse().unwrap());
+        assert!(
+            !is_upgrade(&h, Version::HTTP_11, &allowed),
+            "h2c on a second line"
+        );
+        h.remove(header::UPGRADE);
+        assert!(!is_upgrade(&h, Version::HTTP_11, &allowed), "no Upgrade");
     }
 }

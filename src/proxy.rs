@@ -177,7 +177,8 @@ async fn pass_through(
     client: ClientInfo,
     path: &str,
 ) -> Result<Response, ProxyError> {
-    let upgrade = forward::is_upgrade(request.headers(), request.version());
+    let protocols = &state.config.settings.server.upgrade_protocols;
+    let upgrade = forward::is_upgrade(request.headers(), request.version(), protocols);
     let client_upgrade = upgrade
         .then(|| {
             request
@@ -206,7 +207,8 @@ async fn pass_through(
         "upstream answered"
     );
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        match client_upgrade {
+        // A switch nobody asked for, or to another protocol, is not relayed.
+        match client_upgrade.filter(|_| forward::upgrades_to(response.headers(), protocols)) {
             Some(client_upgrade) => {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
                 let idle =
@@ -218,7 +220,10 @@ async fn pass_through(
                     state.metrics.upgrade(),
                 );
             }
-            None => return Err(ProxyError::UpstreamFailed),
+            None => {
+                tracing::warn!("upstream switched protocols unasked; not relayed");
+                return Err(ProxyError::UpstreamFailed);
+            }
         }
     }
     forward::prepare_response(&mut response);

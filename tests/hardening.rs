@@ -622,6 +622,119 @@ async fn resetting_upstream() -> std::net::SocketAddr {
     addr
 }
 
+/// An upstream that answers every request head with `101` to `protocol`
+/// and then records every byte it gets, as a tunnel endpoint would.
+async fn switching_upstream(
+    protocol: &'static str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let mut answered = false;
+                while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                    let head_done = {
+                        let mut all = record.lock().unwrap();
+                        all.extend_from_slice(&buf[..n]);
+                        find(&all, b"\r\n\r\n").is_some()
+                    };
+                    if !answered && head_done {
+                        answered = true;
+                        let head = format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+                        );
+                        let _ = socket.write_all(head.as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_open_a_tunnel_so_h2c_cannot_smuggle() {
+    let (addr, received) = switching_upstream("h2c").await;
+    let proxy = proxy_to(&format!("http://{addr}"), &[]).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // The upgrade was not asked for upstream, so its 101 is not relayed.
+    read_response(&mut client).await.assert_problem(502);
+    let upstream_saw = String::from_utf8_lossy(&received.lock().unwrap()).to_lowercase();
+    assert!(
+        upstream_saw.starts_with("get / http/1.1\r\n"),
+        "{upstream_saw}"
+    );
+    assert!(!upstream_saw.contains("upgrade"), "{upstream_saw}");
+    assert!(!upstream_saw.contains("http2-settings"), "{upstream_saw}");
+    // Whatever the client sends next is a new request, never tunnelled bytes.
+    let smuggled = post(ROUTE, "", DIRTY);
+    let _ = client.write_all(&smuggled).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), read_response(&mut client)).await;
+    let upstream_saw = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
+    assert!(!upstream_saw.contains("evil"), "{upstream_saw}");
+    proxy.shutdown().await;
+
+    // A WebSocket request answered with a switch to another protocol: 502.
+    let (addr, _) = switching_upstream("h2c").await;
+    let proxy = proxy_to(&format!("http://{addr}"), &[]).await;
+    raw(
+        proxy.addr,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .assert_problem(502);
+    proxy.shutdown().await;
+
+    // The same request switched to WebSocket is a tunnel.
+    let (addr, received) = switching_upstream("websocket").await;
+    let proxy = proxy_to(&format!("http://{addr}"), &[]).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while find(&head, b"\r\n\r\n").is_none() {
+        let mut byte = [0u8; 1];
+        assert_eq!(client.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    client.write_all(b"tunnelled bytes").await.unwrap();
+    let tunnelled = async {
+        while find(&received.lock().unwrap(), b"tunnelled bytes").is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), tunnelled)
+        .await
+        .expect("bytes after a WebSocket 101 reach the upstream");
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_upstream_reset_mid_response_does_not_hurt_other_requests() {
     let addr = resetting_upstream().await;
