@@ -188,7 +188,9 @@ pub async fn serve<C: Connections>(
         let app = app.clone();
         let protocols = protocols.clone();
         let stopping = stopping.clone();
-        let timeout = limits.header_read_timeout;
+        // One deadline for the first request head, whatever comes before it
+        // (the preface peek, the TLS handshake).
+        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
         tokio::spawn(async move {
             let _open = app.opened();
             let tls = app.tls();
@@ -201,11 +203,11 @@ pub async fn serve<C: Connections>(
                 client,
                 protocols,
                 stopping,
-                timeout,
+                deadline,
             };
             match tls {
                 None => {
-                    match tokio::time::timeout(timeout, starts_with_h2_preface(&stream)).await {
+                    match tokio::time::timeout_at(deadline, starts_with_h2_preface(&stream)).await {
                         Ok(Ok(h2)) => connection.run(stream, h2).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection failed"),
                         Err(_) => {
@@ -215,7 +217,7 @@ pub async fn serve<C: Connections>(
                 }
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                             connection.run(stream, h2).await
@@ -250,18 +252,49 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// and each connection holds only its own protocol's state and buffers.
 async fn starts_with_h2_preface(stream: &TcpStream) -> io::Result<bool> {
     let mut head = [0u8; H2_PREFACE.len()];
-    loop {
-        let n = stream.peek(&mut head).await?;
-        if n == 0 || head[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // Part of the preface so far: wait for the rest (bounded by the
-        // caller's header read timeout).
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let n = stream.peek(&mut head).await?;
+    if let Some(h2) = classify(&head[..n]) {
+        return Ok(h2);
     }
+    // Part of the preface so far. Peeked bytes keep the socket readable, so
+    // readiness is cleared after each look and the task sleeps until more
+    // bytes (or EOF) arrive: a client stalled here costs no CPU. The caller
+    // bounds the wait.
+    let peeker = peek_handle(stream)?;
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let n = peeker.peek(&mut head)?;
+            classify(&head[..n]).ok_or_else(|| io::ErrorKind::WouldBlock.into())
+        });
+        match peeked {
+            Ok(h2) => return Ok(h2),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `Some(true)` for the whole preface, `Some(false)` for anything else
+/// (EOF included), `None` while the bytes so far start the preface.
+fn classify(head: &[u8]) -> Option<bool> {
+    if head.is_empty() || head != &H2_PREFACE[..head.len()] {
+        Some(false)
+    } else if head.len() == H2_PREFACE.len() {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// A std handle on the same socket, whose `peek` can run inside `try_io`
+/// (it shares the non-blocking mode).
+fn peek_handle(stream: &TcpStream) -> io::Result<std::net::TcpStream> {
+    #[cfg(unix)]
+    let owned = std::os::fd::AsFd::as_fd(stream).try_clone_to_owned()?;
+    #[cfg(windows)]
+    let owned = std::os::windows::io::AsSocket::as_socket(stream).try_clone_to_owned()?;
+    Ok(owned.into())
 }
 
 /// One accepted connection, before its protocol is known.
@@ -270,7 +303,7 @@ struct Connection<C> {
     client: ClientInfo,
     protocols: Arc<Protocols>,
     stopping: watch::Receiver<bool>,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
 }
 
 impl<C: Connections> Connection<C> {
@@ -284,21 +317,21 @@ impl<C: Connections> Connection<C> {
         let first_request = Arc::new(Notify::new());
         let service = connection_service(self.app, self.client, first_request.clone());
         let io = TokioIo::new(io);
-        let (stopping, timeout) = (self.stopping, self.timeout);
+        let (stopping, deadline) = (self.stopping, self.deadline);
         if h2 {
             let connection = Box::pin(self.protocols.http2.serve_connection(io, service));
             let graceful = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
-            drive(connection, graceful, stopping, &first_request, timeout).await;
+            drive(connection, graceful, stopping, &first_request, deadline).await;
         } else {
             let connection = self.protocols.http1.serve_connection(io, service);
             let connection = Box::pin(connection.with_upgrades());
             let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-            drive(connection, graceful, stopping, &first_request, timeout).await;
+            drive(connection, graceful, stopping, &first_request, deadline).await;
         }
     }
 }
 
-/// Runs a connection, dropping it if no request arrives within `timeout`.
+/// Runs a connection, dropping it if no request arrives by `deadline`.
 /// hyper's own header-read timeout only starts once HTTP/1 has been told
 /// apart from HTTP/2, so a client that sends nothing (or a slow HTTP/2
 /// preface) would otherwise hold its slot forever.
@@ -307,13 +340,13 @@ async fn drive<F, E>(
     graceful_shutdown: impl Fn(Pin<&mut F>),
     mut stopping: watch::Receiver<bool>,
     first_request: &Notify,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
 ) where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     let deadline = async {
-        if tokio::time::timeout(timeout, first_request.notified())
+        if tokio::time::timeout_at(deadline, first_request.notified())
             .await
             .is_ok()
         {

@@ -396,6 +396,17 @@ async fn http1_and_h2c_are_told_apart_even_when_the_first_bytes_trickle_in() {
     let response = read_response(&mut split).await;
     assert_eq!(response.status, 200);
     assert_eq!(upstream.requests().pop().unwrap().uri, "/api/v2/other");
+    // The HTTP/2 preface in two parts is still HTTP/2: the server answers
+    // with its SETTINGS frame, not an HTTP/1 error.
+    let mut h2 = TcpStream::connect(proxy.addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h2.write_all(b"\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut frame_head = [0u8; 9];
+    h2.read_exact(&mut frame_head).await.unwrap();
+    assert_eq!(frame_head[3], 0x04, "a SETTINGS frame: {frame_head:?}");
     // A client that stops inside the preface is dropped like a silent one.
     let mut stuck = TcpStream::connect(proxy.addr).await.unwrap();
     stuck.write_all(b"PRI * HTTP/2").await.unwrap();
