@@ -2,6 +2,7 @@
 //! protocol upgrades (WebSocket) spliced both ways.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::config::{BaseUrl, Config};
 use crate::error::ProxyError;
@@ -272,17 +274,50 @@ pub fn prepare_response(response: &mut Response<Body>) {
     }
 }
 
+/// What a tunnel keeps of the client connection it takes over: the
+/// connection's slot under `server.max_connections` (so tunnels are capped
+/// and the shutdown drain waits for them), and word of the server closing
+/// when the drain time is up. The server puts one on every upgrade request.
+#[derive(Clone)]
+pub struct Lease {
+    _slot: Arc<OwnedSemaphorePermit>,
+    closing: watch::Receiver<bool>,
+}
+
+impl Lease {
+    /// A lease on `slot` that ends when `closing` turns true.
+    pub fn new(slot: Arc<OwnedSemaphorePermit>, closing: watch::Receiver<bool>) -> Self {
+        Self {
+            _slot: slot,
+            closing,
+        }
+    }
+
+    /// Resolves when the server closes its remaining connections (or is gone).
+    pub async fn closed(&mut self) {
+        let _ = self.closing.wait_for(|closing| *closing).await;
+    }
+}
+
 /// Splices an upgraded client connection to the upgraded upstream connection
-/// until either side closes or no byte moved either way for `idle`.
-/// `guard` lives as long as the splice (it keeps the open-upgrades gauge).
+/// until either side closes, no byte moved either way for `idle`, or the
+/// server closes the `lease`. `guard` lives as long as the splice (it keeps
+/// the open-upgrades gauge).
 pub fn splice_upgrade<G: Send + 'static>(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     idle: Duration,
     guard: G,
+    lease: Option<Lease>,
 ) {
     tokio::spawn(async move {
         let _guard = guard;
+        let closed = async move {
+            match lease {
+                Some(mut lease) => lease.closed().await,
+                None => std::future::pending().await,
+            }
+        };
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
@@ -290,7 +325,12 @@ pub fn splice_upgrade<G: Send + 'static>(
                 return;
             }
         };
-        match splice(TokioIo::new(client), TokioIo::new(upstream), idle).await {
+        let spliced = splice(TokioIo::new(client), TokioIo::new(upstream), idle);
+        let result = tokio::select! {
+            result = spliced => result,
+            () = closed => Err(std::io::Error::other("server shutting down")),
+        };
+        match result {
             Ok((up, down)) => tracing::debug!(
                 bytes_up = up,
                 bytes_down = down,

@@ -186,6 +186,10 @@ async fn pass_through(
                 .remove::<hyper::upgrade::OnUpgrade>()
         })
         .flatten();
+    let lease = client_upgrade
+        .is_some()
+        .then(|| request.extensions_mut().remove::<forward::Lease>())
+        .flatten();
     let host = original_host(&request);
     let uri = state.upstream.uri_for(path, request.uri().query());
     let (parts, body) = request.into_parts();
@@ -218,6 +222,7 @@ async fn pass_through(
                     upstream_upgrade,
                     idle,
                     state.metrics.upgrade(),
+                    lease,
                 );
             }
             None => {

@@ -29,7 +29,7 @@ use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::forward::ClientInfo;
+use crate::forward::{ClientInfo, Lease};
 use crate::gateway::{ConfigSource, Gateway};
 use crate::metrics::OpenGuard;
 use crate::telemetry;
@@ -162,9 +162,11 @@ pub async fn serve<C: Connections>(
     shutdown: impl Future<Output = ()>,
 ) {
     let protocols = Arc::new(Protocols::new(&limits));
+    // Draining: finish what is in flight; closing: drop what is left.
     let (stop, stopping) = watch::channel(false);
-    // One permit per open connection: holding all of them again means
-    // every connection has closed.
+    let (close, closing) = watch::channel(false);
+    // One permit per open connection (or tunnel that took one over):
+    // holding all of them again means every connection has closed.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -188,6 +190,7 @@ pub async fn serve<C: Connections>(
         let app = app.clone();
         let protocols = protocols.clone();
         let stopping = stopping.clone();
+        let lease = Lease::new(Arc::new(permit), closing.clone());
         // One deadline for the first request head, whatever comes before it
         // (the preface peek, the TLS handshake).
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
@@ -203,6 +206,7 @@ pub async fn serve<C: Connections>(
                 client,
                 protocols,
                 stopping,
+                lease,
                 deadline,
             };
             match tls {
@@ -227,7 +231,6 @@ pub async fn serve<C: Connections>(
                     }
                 }
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -239,7 +242,13 @@ pub async fn serve<C: Connections>(
         .await
         .is_err()
     {
-        tracing::warn!("shutdown timeout reached; closing remaining connections");
+        let open = limits.max_connections - slots.available_permits();
+        tracing::warn!(
+            open_connections = open,
+            "shutdown timeout reached; closing remaining connections"
+        );
+        close.send_replace(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), slots.acquire_many(all)).await;
     }
 }
 
@@ -303,6 +312,7 @@ struct Connection<C> {
     client: ClientInfo,
     protocols: Arc<Protocols>,
     stopping: watch::Receiver<bool>,
+    lease: Lease,
     deadline: tokio::time::Instant,
 }
 
@@ -315,18 +325,35 @@ impl<C: Connections> Connection<C> {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let first_request = Arc::new(Notify::new());
-        let service = connection_service(self.app, self.client, first_request.clone());
+        let mut lease = self.lease.clone();
+        let service = connection_service(self.app, self.client, first_request.clone(), self.lease);
         let io = TokioIo::new(io);
         let (stopping, deadline) = (self.stopping, self.deadline);
         if h2 {
             let connection = Box::pin(self.protocols.http2.serve_connection(io, service));
             let graceful = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
-            drive(connection, graceful, stopping, &first_request, deadline).await;
+            drive(
+                connection,
+                graceful,
+                stopping,
+                &mut lease,
+                &first_request,
+                deadline,
+            )
+            .await;
         } else {
             let connection = self.protocols.http1.serve_connection(io, service);
             let connection = Box::pin(connection.with_upgrades());
             let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-            drive(connection, graceful, stopping, &first_request, deadline).await;
+            drive(
+                connection,
+                graceful,
+                stopping,
+                &mut lease,
+                &first_request,
+                deadline,
+            )
+            .await;
         }
     }
 }
@@ -339,6 +366,7 @@ async fn drive<F, E>(
     mut connection: Pin<Box<F>>,
     graceful_shutdown: impl Fn(Pin<&mut F>),
     mut stopping: watch::Receiver<bool>,
+    lease: &mut Lease,
     first_request: &Notify,
     deadline: tokio::time::Instant,
 ) where
@@ -368,6 +396,10 @@ async fn drive<F, E>(
                 draining = true;
                 graceful_shutdown(connection.as_mut());
             }
+            () = lease.closed() => {
+                tracing::debug!("closed at the end of the shutdown drain");
+                return;
+            }
         }
     };
     if let Err(e) = result {
@@ -383,6 +415,7 @@ fn connection_service<C: Connections>(
     app: Arc<C>,
     client: ClientInfo,
     first_request: Arc<Notify>,
+    lease: Lease,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
     Response = Response,
@@ -391,16 +424,26 @@ fn connection_service<C: Connections>(
 > + Clone
 + Send
 + 'static {
-    hyper::service::service_fn(move |request: hyper::Request<Incoming>| -> ResponseFuture {
-        first_request.notify_one();
-        let app = app.clone();
-        Box::pin(async move {
-            let request = request.map(Body::new);
-            let handler = |request| catch_panic(async move { app.call(request, client).await });
-            let response = telemetry::traced(request, handler).await;
-            Ok(response)
-        })
-    })
+    hyper::service::service_fn(
+        move |mut request: hyper::Request<Incoming>| -> ResponseFuture {
+            first_request.notify_one();
+            // A tunnel outlives this connection's task: it takes over the slot.
+            if request
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some()
+            {
+                request.extensions_mut().insert(lease.clone());
+            }
+            let app = app.clone();
+            Box::pin(async move {
+                let request = request.map(Body::new);
+                let handler = |request| catch_panic(async move { app.call(request, client).await });
+                let response = telemetry::traced(request, handler).await;
+                Ok(response)
+            })
+        },
+    )
 }
 
 /// A started proxy (and admin listener), as tests and `main` use it.
@@ -494,8 +537,15 @@ pub async fn start_with_source(config: Config, source: ConfigSource) -> io::Resu
         })
         .await;
         let _ = admin_stop.send(());
-        if let Some(admin_task) = admin_task {
-            let _ = admin_task.await;
+        if let Some(mut admin_task) = admin_task {
+            // Probes and scrapes are quick; a stalled admin client must not
+            // keep the process from exiting.
+            if tokio::time::timeout(Duration::from_secs(1), &mut admin_task)
+                .await
+                .is_err()
+            {
+                admin_task.abort();
+            }
         }
     });
     tracing::info!(%addr, admin = ?admin_addr, "guestgate listening");

@@ -816,6 +816,84 @@ async fn a_websocket_echoes_through_the_proxy_and_idles_out() {
     proxy.shutdown().await;
 }
 
+/// Opens a WebSocket through the proxy (to whatever upstream it fronts).
+async fn websocket_through(
+    proxy: &guestgate::Running,
+) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let url = format!("ws://{}/api/v2/notifications", proxy.addr);
+    let (ws, response) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("handshake through the proxy");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+#[tokio::test]
+async fn a_websocket_holds_its_connection_slot_until_it_closes() {
+    let echo = websocket_echo().await;
+    let proxy = proxy_to(
+        &format!("http://{echo}"),
+        &[("GUESTGATE__SERVER__MAX_CONNECTIONS", "1")],
+    )
+    .await;
+    let mut ws = websocket_through(&proxy).await;
+    let second = tokio::spawn(raw(
+        proxy.addr,
+        b"GET /api/v2/other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the tunnel holds the only slot: nobody else is served"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let answered = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served once the tunnel closed")
+        .unwrap();
+    assert!(answered.status >= 200, "{answered:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_websockets_and_closes_them_when_the_grace_period_ends() {
+    let echo = websocket_echo().await;
+    let proxy = proxy_to(&format!("http://{echo}"), &[]).await;
+    let mut ws = websocket_through(&proxy).await;
+    let shutdown = tokio::spawn(proxy.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ws.send(Message::text("during the drain")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("during the drain")
+    );
+    assert!(!shutdown.is_finished(), "the drain waits for the tunnel");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown completes once the tunnel closed")
+        .unwrap();
+
+    // A tunnel still open when the grace period ends is closed.
+    let proxy = proxy_to(
+        &format!("http://{echo}"),
+        &[("GUESTGATE__SERVER__SHUTDOWN_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let mut ws = websocket_through(&proxy).await;
+    tokio::time::timeout(Duration::from_secs(5), proxy.shutdown())
+        .await
+        .expect("shutdown ends after its timeout");
+    let ended = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert!(
+        matches!(ended, Ok(None) | Ok(Some(Err(_)))),
+        "closed by the proxy: {ended:?}"
+    );
+}
+
 // ---------------------------------------------------------------- retry
 
 #[tokio::test]

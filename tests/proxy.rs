@@ -254,7 +254,15 @@ async fn upgrades_are_spliced_both_ways() {
         socket.write_all(&reply).await.unwrap();
         String::from_utf8(head).unwrap()
     });
-    let proxy = proxy_to(&format!("http://{upstream_addr}"), &[]).await;
+    // Any protocol the operator lists can be upgraded to (WebSocket by default).
+    let proxy = proxy_to(
+        &format!("http://{upstream_addr}"),
+        &[(
+            "GUESTGATE__SERVER__UPGRADE_PROTOCOLS",
+            "websocket, echo-proto",
+        )],
+    )
+    .await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     client
         .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-proto\r\n\r\n")
