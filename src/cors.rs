@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::response::Response;
-use http::{HeaderName, HeaderValue, Method, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -165,6 +165,17 @@ impl Cors {
                     .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD))
     }
 
+    /// Finishes a response to a request that is not CORS traffic while CORS
+    /// is on: the upstream's own `Access-Control-*` headers are removed (only
+    /// the configured policy speaks for the proxy) and `Vary: Origin` tells
+    /// caches that the answer to a cross-origin request would differ.
+    pub fn not_cross_origin(mut response: Response) -> Response {
+        let headers = response.headers_mut();
+        strip_cors(headers);
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+        response
+    }
+
     /// Answers CORS traffic: preflights here, the rest through the proxy.
     pub async fn call(&self, request: Request) -> Response {
         let allowed = request
@@ -193,16 +204,19 @@ fn is_allowed(origins: &[OriginPattern], origin: &HeaderValue) -> bool {
 
 /// Removes every `Access-Control-*` response header.
 async fn strip_cors_headers(mut response: Response) -> Response {
-    let names: Vec<HeaderName> = response
-        .headers()
+    strip_cors(response.headers_mut());
+    response
+}
+
+fn strip_cors(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().starts_with("access-control-"))
         .cloned()
         .collect();
     for name in names {
-        response.headers_mut().remove(name);
+        headers.remove(name);
     }
-    response
 }
 
 #[cfg(test)]

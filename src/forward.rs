@@ -237,12 +237,16 @@ pub fn prepare_headers(
         headers.insert(header::UPGRADE, value);
     }
     let ip = client.peer.ip();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip.to_string(),
-    };
-    if let Ok(value) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR, value);
+    append_hop(headers, X_FORWARDED_FOR, &ip.to_string(), true);
+    if headers.contains_key(header::FORWARDED) {
+        // RFC 7239: only appended to, so an upstream reading it finds this
+        // hop last, as in X-Forwarded-For.
+        let proto = if client.tls { "https" } else { "http" };
+        let node = match ip {
+            std::net::IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+        };
+        append_hop(headers, header::FORWARDED, &node, false);
     }
     headers.insert(
         X_FORWARDED_PROTO,
@@ -255,6 +259,32 @@ pub fn prepare_headers(
         None => {
             headers.remove(X_FORWARDED_HOST);
         }
+    }
+}
+
+/// Appends `hop` to a list header, joining every line the client sent. A
+/// list that is not visible ASCII is replaced by `hop` (`X-Forwarded-For`)
+/// or dropped (`Forwarded`, whose elements must parse).
+fn append_hop(headers: &mut HeaderMap, name: HeaderName, hop: &str, replace_bad: bool) {
+    let mut list = String::new();
+    for prior in headers.get_all(&name) {
+        let Ok(prior) = prior.to_str() else {
+            list.clear();
+            if !replace_bad {
+                headers.remove(&name);
+                return;
+            }
+            break;
+        };
+        let prior = prior.trim();
+        if !prior.is_empty() {
+            list.push_str(prior);
+            list.push_str(", ");
+        }
+    }
+    list.push_str(hop);
+    if let Ok(value) = HeaderValue::try_from(list) {
+        headers.insert(name, value);
     }
 }
 
@@ -417,6 +447,40 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "proxy.example");
+    }
+
+    #[test]
+    fn forwarding_lists_are_joined_and_appended_to() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", "2.2.2.2, 3.3.3.3".parse().unwrap());
+        h.append(header::FORWARDED, "for=1.1.1.1".parse().unwrap());
+        let v6 = ClientInfo {
+            peer: "[2001:db8::1]:443".parse().unwrap(),
+            tls: true,
+        };
+        prepare_headers(&mut h, v6, None, false);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 2001:db8::1"
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=1.1.1.1, for=\"[2001:db8::1]\";proto=https"
+        );
+        // Not sent, not invented; not ASCII, not kept.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        prepare_headers(&mut h, client(), None, false);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert!(!h.contains_key(header::FORWARDED));
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_bytes(b"for=\xff").unwrap(),
+        );
+        prepare_headers(&mut h, client(), None, false);
+        assert!(!h.contains_key(header::FORWARDED));
     }
 
     #[test]

@@ -54,7 +54,11 @@ impl Live {
                 request.extensions_mut().insert(client);
                 cors.call(request).await
             }
-            _ => proxy::handle(self.state.clone(), request, client).await,
+            Some(_) => {
+                let response = proxy::handle(self.state.clone(), request, client).await;
+                Cors::not_cross_origin(response)
+            }
+            None => proxy::handle(self.state.clone(), request, client).await,
         }
     }
 }

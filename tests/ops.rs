@@ -674,6 +674,24 @@ async fn a_credentialed_cross_origin_post_is_sanitized_and_readable() {
         .filter(|k| k.as_str().starts_with("access-control-"))
         .collect();
     assert!(cors.is_empty(), "{cors:?}");
+    // So does a request without Origin, and caches learn the answer varies by it.
+    let (status, headers, _) = send(
+        &client,
+        post_message(proxy.addr)
+            .body(Full::new(Bytes::from(DIRTY)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert!(!headers.contains_key("access-control-allow-origin"));
+    assert!(
+        headers.get_all("vary").iter().any(|v| v
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("origin")),
+        "{headers:?}"
+    );
     proxy.shutdown().await;
 }
 
