@@ -158,24 +158,29 @@ pub fn is_upgrade(headers: &HeaderMap, version: Version, allowed: &[String]) -> 
         && upgrades_to(headers, allowed)
 }
 
-/// True when `headers` carry an `Upgrade` whose every protocol (name, any
-/// `/version` aside) is one of `allowed`: checked on requests, and on a 101
-/// answer, which must switch to what was asked for.
+/// True when `headers` carry an `Upgrade` whose every protocol is one of
+/// `allowed`: checked on requests against the configured protocols, and on
+/// a 101 answer against what the request asked for.
 pub fn upgrades_to(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let mut any = false;
+    let names = upgrade_names(headers);
+    !names.is_empty()
+        && names
+            .iter()
+            .all(|name| allowed.iter().any(|a| a.eq_ignore_ascii_case(name)))
+}
+
+/// The protocol names (any `/version` aside) that `Upgrade` lists; none
+/// when a value is not visible ASCII.
+pub fn upgrade_names(headers: &HeaderMap) -> Vec<String> {
+    let mut names = Vec::new();
     for value in headers.get_all(header::UPGRADE) {
         let Ok(value) = value.to_str() else {
-            return false;
+            return Vec::new();
         };
-        for protocol in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let name = protocol.split('/').next().unwrap_or_default();
-            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
-                return false;
-            }
-            any = true;
-        }
+        let protocols = value.split(',').map(str::trim).filter(|p| !p.is_empty());
+        names.extend(protocols.map(|p| p.split('/').next().unwrap_or_default().to_owned()));
     }
-    any
+    names
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -237,7 +242,7 @@ pub fn prepare_headers(
         headers.insert(header::UPGRADE, value);
     }
     let ip = client.peer.ip();
-    append_hop(headers, X_FORWARDED_FOR, &ip.to_string(), true);
+    append_hop(headers, X_FORWARDED_FOR, &ip.to_string(), |_| true);
     if headers.contains_key(header::FORWARDED) {
         // RFC 7239: only appended to, so an upstream reading it finds this
         // hop last, as in X-Forwarded-For.
@@ -246,7 +251,7 @@ pub fn prepare_headers(
             std::net::IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
             std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
         };
-        append_hop(headers, header::FORWARDED, &node, false);
+        append_hop(headers, header::FORWARDED, &node, quotes_closed);
     }
     headers.insert(
         X_FORWARDED_PROTO,
@@ -263,29 +268,44 @@ pub fn prepare_headers(
 }
 
 /// Appends `hop` to a list header, joining every line the client sent. A
-/// list that is not visible ASCII is replaced by `hop` (`X-Forwarded-For`)
-/// or dropped (`Forwarded`, whose elements must parse).
-fn append_hop(headers: &mut HeaderMap, name: HeaderName, hop: &str, replace_bad: bool) {
+/// list with a line that is not visible ASCII or fails `valid` is replaced
+/// by `hop` alone.
+fn append_hop(headers: &mut HeaderMap, name: HeaderName, hop: &str, valid: fn(&str) -> bool) {
     let mut list = String::new();
     for prior in headers.get_all(&name) {
-        let Ok(prior) = prior.to_str() else {
-            list.clear();
-            if !replace_bad {
-                headers.remove(&name);
-                return;
+        match prior.to_str() {
+            Ok(prior) if valid(prior) => {
+                let prior = prior.trim();
+                if !prior.is_empty() {
+                    list.push_str(prior);
+                    list.push_str(", ");
+                }
             }
-            break;
-        };
-        let prior = prior.trim();
-        if !prior.is_empty() {
-            list.push_str(prior);
-            list.push_str(", ");
+            _ => {
+                list.clear();
+                break;
+            }
         }
     }
     list.push_str(hop);
     if let Ok(value) = HeaderValue::try_from(list) {
         headers.insert(name, value);
     }
+}
+
+/// True when every quoted string in a `Forwarded` line is closed, so an
+/// element appended after it stands on its own (RFC 7239 section 4).
+fn quotes_closed(line: &str) -> bool {
+    let mut quoted = false;
+    let mut bytes = line.bytes();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'"' => quoted = !quoted,
+            b'\\' if quoted && bytes.next().is_none() => return false,
+            _ => {}
+        }
+    }
+    !quoted
 }
 
 /// Cleans an upstream response for the client: hop-by-hop headers removed
@@ -348,16 +368,13 @@ pub fn splice_upgrade<G: Send + 'static>(
                 None => std::future::pending().await,
             }
         };
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade did not complete");
-                return;
-            }
+        let run = async {
+            let (client, upstream) = tokio::try_join!(client, upstream)
+                .map_err(|e| std::io::Error::other(format!("upgrade did not complete: {e}")))?;
+            splice(TokioIo::new(client), TokioIo::new(upstream), idle).await
         };
-        let spliced = splice(TokioIo::new(client), TokioIo::new(upstream), idle);
         let result = tokio::select! {
-            result = spliced => result,
+            result = run => result,
             () = closed => Err(std::io::Error::other("server shutting down")),
         };
         match result {
@@ -469,18 +486,27 @@ mod tests {
             h[header::FORWARDED],
             "for=1.1.1.1, for=\"[2001:db8::1]\";proto=https"
         );
-        // Not sent, not invented; not ASCII, not kept.
+        // Not sent, not invented; not ASCII or an unclosed quote (which would
+        // swallow this hop's element), replaced.
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
         prepare_headers(&mut h, client(), None, false);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert!(!h.contains_key(header::FORWARDED));
+        for bad in [&b"for=\xff"[..], b"for=6.6.6.6, x=\"", b"x=\"a\\\""] {
+            h.insert(header::FORWARDED, HeaderValue::from_bytes(bad).unwrap());
+            prepare_headers(&mut h, client(), None, false);
+            assert_eq!(h[header::FORWARDED], "for=10.1.2.3;proto=http");
+        }
         h.insert(
             header::FORWARDED,
-            HeaderValue::from_bytes(b"for=\xff").unwrap(),
+            r#"for="[::1]";x="a\"b,c""#.parse().unwrap(),
         );
         prepare_headers(&mut h, client(), None, false);
-        assert!(!h.contains_key(header::FORWARDED));
+        assert_eq!(
+            h[header::FORWARDED],
+            r#"for="[::1]";x="a\"b,c", for=10.1.2.3;proto=http"#
+        );
     }
 
     #[test]

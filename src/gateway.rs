@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use axum::extract::Request;
 use axum::response::Response;
+use http::header;
 
 use crate::config::{Config, ConfigError};
 use crate::cors::Cors;
@@ -54,11 +55,13 @@ impl Live {
                 request.extensions_mut().insert(client);
                 cors.call(request).await
             }
-            Some(_) => {
+            Some(_) if !request.headers().contains_key(header::ORIGIN) => {
                 let response = proxy::handle(self.state.clone(), request, client).await;
                 Cors::not_cross_origin(response)
             }
-            None => proxy::handle(self.state.clone(), request, client).await,
+            // Without CORS, and for a cross-origin OPTIONS that is not a
+            // preflight: the upstream answers.
+            _ => proxy::handle(self.state.clone(), request, client).await,
         }
     }
 }

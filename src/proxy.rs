@@ -190,6 +190,11 @@ async fn pass_through(
         .is_some()
         .then(|| request.extensions_mut().remove::<forward::Lease>())
         .flatten();
+    let asked = if upgrade {
+        forward::upgrade_names(request.headers())
+    } else {
+        Vec::new()
+    };
     let host = original_host(&request);
     let uri = state.upstream.uri_for(path, request.uri().query());
     let (parts, body) = request.into_parts();
@@ -212,7 +217,7 @@ async fn pass_through(
     );
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A switch nobody asked for, or to another protocol, is not relayed.
-        match client_upgrade.filter(|_| forward::upgrades_to(response.headers(), protocols)) {
+        match client_upgrade.filter(|_| forward::upgrades_to(response.headers(), &asked)) {
             Some(client_upgrade) => {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
                 let idle =

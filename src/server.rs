@@ -267,19 +267,21 @@ async fn starts_with_h2_preface(stream: &TcpStream) -> io::Result<bool> {
     }
     // Part of the preface so far. Peeked bytes keep the socket readable, so
     // readiness is cleared after each look and the task sleeps until more
-    // bytes (or EOF) arrive: a client stalled here costs no CPU. The caller
-    // bounds the wait.
+    // bytes arrive: a client stalled here costs no CPU. The caller bounds
+    // the wait. A closed read side cannot be cleared; it ends the wait
+    // (HTTP/1, which then sees the end of the stream).
     let peeker = peek_handle(stream)?;
     loop {
-        stream.readable().await?;
+        let ready = stream.ready(tokio::io::Interest::READABLE).await?;
         let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
             let n = peeker.peek(&mut head)?;
             classify(&head[..n]).ok_or_else(|| io::ErrorKind::WouldBlock.into())
         });
         match peeked {
             Ok(h2) => return Ok(h2),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            Err(_) if ready.is_read_closed() => return Ok(false),
+            Err(_) => tokio::task::consume_budget().await,
         }
     }
 }
@@ -296,8 +298,8 @@ fn classify(head: &[u8]) -> Option<bool> {
     }
 }
 
-/// A std handle on the same socket, whose `peek` can run inside `try_io`
-/// (it shares the non-blocking mode).
+/// A std handle on the same socket, whose `peek` can run inside `try_io`.
+/// It is only used while bytes are waiting, so it never blocks.
 fn peek_handle(stream: &TcpStream) -> io::Result<std::net::TcpStream> {
     #[cfg(unix)]
     let owned = std::os::fd::AsFd::as_fd(stream).try_clone_to_owned()?;

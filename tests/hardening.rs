@@ -377,7 +377,8 @@ async fn http2_requests_get_the_same_treatment() {
     proxy.shutdown().await;
 }
 
-#[tokio::test]
+// Multi-threaded, so a server task that spins cannot stall the test's own timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_and_h2c_are_told_apart_even_when_the_first_bytes_trickle_in() {
     let upstream = RecordingUpstream::start().await;
     let proxy = proxy(
@@ -407,6 +408,20 @@ async fn http1_and_h2c_are_told_apart_even_when_the_first_bytes_trickle_in() {
     let mut frame_head = [0u8; 9];
     h2.read_exact(&mut frame_head).await.unwrap();
     assert_eq!(frame_head[3], 0x04, "a SETTINGS frame: {frame_head:?}");
+    // One that sends part of it and then closes its side is not waited on
+    // (nor spun on) until a header timeout far longer than this test.
+    let patient = common::proxy(
+        &upstream,
+        &[("GUESTGATE__SERVER__HEADER_READ_TIMEOUT_MS", "600000")],
+    )
+    .await;
+    let mut half = TcpStream::connect(patient.addr).await.unwrap();
+    half.write_all(b"PRI").await.unwrap();
+    half.shutdown().await.unwrap();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), half.read_to_end(&mut Vec::new())).await;
+    assert!(closed.is_ok(), "half-closed connection closed by the proxy");
+    patient.shutdown().await;
     // A client that stops inside the preface is dropped like a silent one.
     let mut stuck = TcpStream::connect(proxy.addr).await.unwrap();
     stuck.write_all(b"PRI * HTTP/2").await.unwrap();
@@ -712,6 +727,24 @@ async fn only_websocket_upgrades_open_a_tunnel_so_h2c_cannot_smuggle() {
     .assert_problem(502);
     proxy.shutdown().await;
 
+    // Both protocols allowed, but the client asked for the other one: 502.
+    let (addr, _) = switching_upstream("websocket").await;
+    let proxy = proxy_to(
+        &format!("http://{addr}"),
+        &[(
+            "GUESTGATE__SERVER__UPGRADE_PROTOCOLS",
+            "websocket,echo-proto",
+        )],
+    )
+    .await;
+    raw(
+        proxy.addr,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-proto\r\n\r\n",
+    )
+    .await
+    .assert_problem(502);
+    proxy.shutdown().await;
+
     // The same request switched to WebSocket is a tunnel.
     let (addr, received) = switching_upstream("websocket").await;
     let proxy = proxy_to(&format!("http://{addr}"), &[]).await;
@@ -743,6 +776,7 @@ async fn only_websocket_upgrades_open_a_tunnel_so_h2c_cannot_smuggle() {
     tokio::time::timeout(Duration::from_secs(5), tunnelled)
         .await
         .expect("bytes after a WebSocket 101 reach the upstream");
+    drop(client);
     proxy.shutdown().await;
 }
 

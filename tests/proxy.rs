@@ -282,6 +282,7 @@ async fn upgrades_are_spliced_both_ways() {
     let head = upstream.await.unwrap().to_ascii_lowercase();
     assert!(head.contains("connection: upgrade"), "{head}");
     assert!(head.contains("upgrade: echo-proto"), "{head}");
+    drop(client);
     proxy.shutdown().await;
 }
 
