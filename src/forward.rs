@@ -66,6 +66,9 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// HTTP/1.1 only, for upgrade requests: HTTP/2 has no `Upgrade`, and an
+    /// https upstream would otherwise be reached over h2 (ALPN).
+    upgrades: Client<HttpsConnector<HttpConnector>, Body>,
     connector: HttpsConnector<HttpConnector>,
     base: BaseUrl,
     connect_timeout: Duration,
@@ -80,20 +83,24 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config.upstream_tls.as_ref().clone())
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(settings.pool_idle_timeout_secs))
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https.clone());
+        let tls = || {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config.upstream_tls.as_ref().clone())
+                .https_or_http()
+                .enable_http1()
+        };
+        let https = tls().enable_http2().wrap_connector(http.clone());
+        let client = |connector| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(settings.pool_idle_timeout_secs))
+                .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(connector)
+        };
         Self {
-            client,
+            client: client(https.clone()),
+            upgrades: client(tls().wrap_connector(http)),
             connector: https,
             base: config.upstream.clone(),
             connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
@@ -130,9 +137,15 @@ impl Upstream {
             .expect("canonical path and validated query form a valid URI")
     }
 
-    /// Sends a prepared request and waits for the response head.
+    /// Sends a prepared request and waits for the response head. Only
+    /// upgrade requests keep an `Upgrade` header (see [`prepare_headers`]).
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        let pending = self.client.request(request);
+        let client = if request.headers().contains_key(header::UPGRADE) {
+            &self.upgrades
+        } else {
+            &self.client
+        };
+        let pending = client.request(request);
         match tokio::time::timeout(self.response_timeout, pending).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(
                 self.response_timeout.as_millis() as u64,

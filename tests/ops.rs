@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -1058,7 +1059,7 @@ async fn healthcheck_exits_0_only_when_the_admin_listener_answers() {
 }
 
 /// An HTTPS upstream offering h2 and http/1.1 by ALPN, recording the HTTP
-/// version of each request it gets.
+/// version of each request it gets; HTTP/1.1 upgrades become a byte echo.
 async fn tls_upstream(
     cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
 ) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<Version>>>) {
@@ -1084,22 +1085,95 @@ async fn tls_upstream(
                 let Ok(stream) = acceptor.accept(stream).await else {
                     return;
                 };
-                let service =
-                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                let service = hyper::service::service_fn(
+                    move |mut request: Request<hyper::body::Incoming>| {
                         seen.lock().unwrap().push(request.version());
-                        async {
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from_static(b"{}"),
-                            )))
+                        // Upgrades get a 101 and then an echo of raw bytes.
+                        let upgrade = request
+                            .headers()
+                            .contains_key("upgrade")
+                            .then(|| hyper::upgrade::on(&mut request));
+                        async move {
+                            let Some(upgrade) = upgrade else {
+                                return Ok::<_, std::convert::Infallible>(Response::new(
+                                    Full::new(Bytes::from_static(b"{}")),
+                                ));
+                            };
+                            tokio::spawn(async move {
+                                let Ok(upgraded) = upgrade.await else {
+                                    return;
+                                };
+                                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                                let mut buf = [0u8; 256];
+                                while let Ok(n @ 1..) = io.read(&mut buf).await {
+                                    if io.write_all(&buf[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            });
+                            Ok(Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "websocket")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap())
                         }
-                    });
+                    },
+                );
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
             });
         }
     });
     (addr, versions)
+}
+
+#[tokio::test]
+async fn a_websocket_reaches_an_https_upstream_over_http1_while_requests_use_http2() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (addr, versions) = tls_upstream(&cert).await;
+    let dir = temp_dir("upstream-ca-ws");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let ca = ca.display().to_string();
+    let base = format!("https://localhost:{}", addr.port());
+    let proxy = proxy_to(&base, &[("GUESTGATE__UPSTREAM__CA_FILE", &ca)]).await;
+    let (status, _) = get_text(&http1(), format!("http://{}/api/v2/x", proxy.addr)).await;
+    assert_eq!(status, 200);
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET /api/v2/notifications HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(client.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    client.write_all(b"ping over tls").await.unwrap();
+    let mut echoed = [0u8; 13];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut echoed))
+        .await
+        .expect("echoed through the tunnel")
+        .unwrap();
+    assert_eq!(&echoed, b"ping over tls");
+    assert_eq!(
+        *versions.lock().unwrap(),
+        vec![Version::HTTP_2, Version::HTTP_11]
+    );
+    drop(client);
+    proxy.shutdown().await;
 }
 
 #[tokio::test]
