@@ -163,19 +163,30 @@ impl Upstream {
     }
 }
 
-/// True for an HTTP/1.1 request asking to switch to one of `allowed`
-/// (e.g. WebSocket). Other upgrade requests are forwarded as plain ones.
-pub fn is_upgrade(headers: &HeaderMap, version: Version, allowed: &[String]) -> bool {
-    version == Version::HTTP_11
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
-        && upgrades_to(headers, allowed)
+/// The protocols an HTTP/1.1 request asks to switch to, when it is an
+/// upgrade request listing only protocols in `allowed` (e.g. WebSocket);
+/// `None` otherwise, and the request is forwarded as a plain one.
+pub fn upgrade_request(
+    headers: &HeaderMap,
+    version: Version,
+    allowed: &[String],
+) -> Option<Vec<String>> {
+    if version != Version::HTTP_11
+        || !connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    {
+        return None;
+    }
+    let names = upgrade_names(headers);
+    only(&names, allowed).then_some(names)
 }
 
-/// True when `headers` carry an `Upgrade` whose every protocol is one of
-/// `allowed`: checked on requests against the configured protocols, and on
-/// a 101 answer against what the request asked for.
+/// True when `headers` carry an `Upgrade` listing only protocols in
+/// `allowed`: a 101 answer must switch to what the request asked for.
 pub fn upgrades_to(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let names = upgrade_names(headers);
+    only(&upgrade_names(headers), allowed)
+}
+
+fn only(names: &[String], allowed: &[String]) -> bool {
     !names.is_empty()
         && names
             .iter()
@@ -184,7 +195,7 @@ pub fn upgrades_to(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 /// The protocol names (any `/version` aside) that `Upgrade` lists; none
 /// when a value is not visible ASCII.
-pub fn upgrade_names(headers: &HeaderMap) -> Vec<String> {
+fn upgrade_names(headers: &HeaderMap) -> Vec<String> {
     let mut names = Vec::new();
     for value in headers.get_all(header::UPGRADE) {
         let Ok(value) = value.to_str() else {
@@ -528,8 +539,11 @@ mod tests {
         h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         let allowed = ["websocket".to_owned()];
-        assert!(is_upgrade(&h, Version::HTTP_11, &allowed));
-        assert!(!is_upgrade(&h, Version::HTTP_2, &allowed));
+        assert_eq!(
+            upgrade_request(&h, Version::HTTP_11, &allowed),
+            Some(vec!["websocket".to_owned()])
+        );
+        assert!(upgrade_request(&h, Version::HTTP_2, &allowed).is_none());
         prepare_headers(&mut h, client(), None, true);
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
@@ -542,7 +556,7 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
             h.insert(header::UPGRADE, value.parse().unwrap());
-            is_upgrade(&h, Version::HTTP_11, &allowed)
+            upgrade_request(&h, Version::HTTP_11, &allowed).is_some()
         };
         assert!(upgrade("websocket"));
         assert!(upgrade("WebSocket"));
@@ -554,16 +568,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         assert!(
-            !is_upgrade(&h, Version::HTTP_11, &allowed),
+            upgrade_request(&h, Version::HTTP_11, &allowed).is_none(),
             "no Connection: upgrade"
         );
         h.insert(header::CONNECTION, "upgrade".parse().unwrap());
         h.append(header::UPGRADE, "h2c".parse().unwrap());
         assert!(
-            !is_upgrade(&h, Version::HTTP_11, &allowed),
+            upgrade_request(&h, Version::HTTP_11, &allowed).is_none(),
             "h2c on a second line"
         );
         h.remove(header::UPGRADE);
-        assert!(!is_upgrade(&h, Version::HTTP_11, &allowed), "no Upgrade");
+        assert!(
+            upgrade_request(&h, Version::HTTP_11, &allowed).is_none(),
+            "no Upgrade"
+        );
     }
 }

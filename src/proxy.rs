@@ -178,7 +178,8 @@ async fn pass_through(
     path: &str,
 ) -> Result<Response, ProxyError> {
     let protocols = &state.config.settings.server.upgrade_protocols;
-    let upgrade = forward::is_upgrade(request.headers(), request.version(), protocols);
+    let asked = forward::upgrade_request(request.headers(), request.version(), protocols);
+    let upgrade = asked.is_some();
     let client_upgrade = upgrade
         .then(|| {
             request
@@ -190,11 +191,6 @@ async fn pass_through(
         .is_some()
         .then(|| request.extensions_mut().remove::<forward::Lease>())
         .flatten();
-    let asked = if upgrade {
-        forward::upgrade_names(request.headers())
-    } else {
-        Vec::new()
-    };
     let host = original_host(&request);
     let uri = state.upstream.uri_for(path, request.uri().query());
     let (parts, body) = request.into_parts();
@@ -217,6 +213,7 @@ async fn pass_through(
     );
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A switch nobody asked for, or to another protocol, is not relayed.
+        let asked = asked.unwrap_or_default();
         match client_upgrade.filter(|_| forward::upgrades_to(response.headers(), &asked)) {
             Some(client_upgrade) => {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);

@@ -327,85 +327,90 @@ impl<C: Connections> Connection<C> {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let first_request = Arc::new(Notify::new());
-        let mut lease = self.lease.clone();
-        let service = connection_service(self.app, self.client, first_request.clone(), self.lease);
+        let service = connection_service(
+            self.app,
+            self.client,
+            first_request.clone(),
+            self.lease.clone(),
+        );
         let io = TokioIo::new(io);
-        let (stopping, deadline) = (self.stopping, self.deadline);
+        let ends = Ends {
+            stopping: self.stopping,
+            lease: self.lease,
+            first_request,
+            deadline: self.deadline,
+        };
         if h2 {
             let connection = Box::pin(self.protocols.http2.serve_connection(io, service));
             let graceful = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
-            drive(
-                connection,
-                graceful,
-                stopping,
-                &mut lease,
-                &first_request,
-                deadline,
-            )
-            .await;
+            ends.drive(connection, graceful).await;
         } else {
             let connection = self.protocols.http1.serve_connection(io, service);
             let connection = Box::pin(connection.with_upgrades());
             let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-            drive(
-                connection,
-                graceful,
-                stopping,
-                &mut lease,
-                &first_request,
-                deadline,
-            )
-            .await;
+            ends.drive(connection, graceful).await;
         }
     }
 }
 
-/// Runs a connection, dropping it if no request arrives by `deadline`.
-/// hyper's own header-read timeout only starts once HTTP/1 has been told
-/// apart from HTTP/2, so a client that sends nothing (or a slow HTTP/2
-/// preface) would otherwise hold its slot forever.
-async fn drive<F, E>(
-    mut connection: Pin<Box<F>>,
-    graceful_shutdown: impl Fn(Pin<&mut F>),
-    mut stopping: watch::Receiver<bool>,
-    lease: &mut Lease,
-    first_request: &Notify,
+/// What ends a connection besides its client: no first request by
+/// `deadline`, the shutdown drain (`stopping`), and the close at the end of
+/// the drain (`lease`).
+struct Ends {
+    stopping: watch::Receiver<bool>,
+    lease: Lease,
+    first_request: Arc<Notify>,
     deadline: tokio::time::Instant,
-) where
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    let deadline = async {
-        if tokio::time::timeout_at(deadline, first_request.notified())
-            .await
-            .is_ok()
-        {
-            std::future::pending::<()>().await;
+}
+
+impl Ends {
+    /// Runs a connection until it ends. hyper's own header-read timeout only
+    /// starts once HTTP/1 has been told apart from HTTP/2, so a client that
+    /// sends nothing (or a slow HTTP/2 preface) would otherwise hold its slot
+    /// forever.
+    async fn drive<F, E>(self, mut connection: Pin<Box<F>>, graceful_shutdown: impl Fn(Pin<&mut F>))
+    where
+        F: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let Ends {
+            mut stopping,
+            mut lease,
+            first_request,
+            deadline,
+        } = self;
+        let deadline = async {
+            if tokio::time::timeout_at(deadline, first_request.notified())
+                .await
+                .is_ok()
+            {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(deadline);
+        let mut draining = false;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                () = &mut deadline => {
+                    tracing::debug!("no request within the header read timeout");
+                    return;
+                }
+                // Finish the request in flight, answer it with `Connection:
+                // close` (HTTP/1) or GOAWAY (HTTP/2), then close.
+                _ = stopping.wait_for(|stop| *stop), if !draining => {
+                    draining = true;
+                    graceful_shutdown(connection.as_mut());
+                }
+                () = lease.closed() => {
+                    tracing::debug!("closed at the end of the shutdown drain");
+                    return;
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
-    };
-    tokio::pin!(deadline);
-    let mut draining = false;
-    let result = loop {
-        tokio::select! {
-            result = connection.as_mut() => break result,
-            () = &mut deadline => {
-                tracing::debug!("no request within the header read timeout");
-                return;
-            }
-            // Finish the request in flight, answer it with `Connection:
-            // close` (HTTP/1) or GOAWAY (HTTP/2), then close.
-            _ = stopping.wait_for(|stop| *stop), if !draining => {
-                draining = true;
-                graceful_shutdown(connection.as_mut());
-            }
-            () = lease.closed() => {
-                tracing::debug!("closed at the end of the shutdown drain");
-                return;
-            }
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
