@@ -718,13 +718,9 @@ async fn only_websocket_upgrades_open_a_tunnel_so_h2c_cannot_smuggle() {
     // A WebSocket request answered with a switch to another protocol: 502.
     let (addr, _) = switching_upstream("h2c").await;
     let proxy = proxy_to(&format!("http://{addr}"), &[]).await;
-    raw(
-        proxy.addr,
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .assert_problem(502);
+    raw(proxy.addr, &websocket_upgrade("/ws"))
+        .await
+        .assert_problem(502);
     proxy.shutdown().await;
 
     // Both protocols allowed, but the client asked for the other one: 502.
@@ -749,24 +745,9 @@ async fn only_websocket_upgrades_open_a_tunnel_so_h2c_cannot_smuggle() {
     let (addr, received) = switching_upstream("websocket").await;
     let proxy = proxy_to(&format!("http://{addr}"), &[]).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while find(&head, b"\r\n\r\n").is_none() {
-        let mut byte = [0u8; 1];
-        assert_eq!(client.read(&mut byte).await.unwrap(), 1);
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    client.write_all(&websocket_upgrade("/ws")).await.unwrap();
+    let switched = read_response(&mut client).await;
+    assert_eq!(switched.status, 101, "{}", switched.head);
     client.write_all(b"tunnelled bytes").await.unwrap();
     let tunnelled = async {
         while find(&received.lock().unwrap(), b"tunnelled bytes").is_none() {

@@ -1129,38 +1129,39 @@ async fn tls_upstream(
     (addr, versions)
 }
 
-#[tokio::test]
-async fn a_websocket_reaches_an_https_upstream_over_http1_while_requests_use_http2() {
+/// [`tls_upstream`] with a fresh certificate for `localhost`: its base URL,
+/// the path of a CA file that trusts it (in the returned directory), and
+/// the versions it records.
+async fn tls_upstream_with_ca(
+    name: &str,
+) -> (String, String, Arc<std::sync::Mutex<Vec<Version>>>, TempDir) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let (addr, versions) = tls_upstream(&cert).await;
-    let dir = temp_dir("upstream-ca-ws");
+    let dir = temp_dir(name);
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, cert.cert.pem()).unwrap();
     let ca = ca.display().to_string();
-    let base = format!("https://localhost:{}", addr.port());
+    (
+        format!("https://localhost:{}", addr.port()),
+        ca,
+        versions,
+        dir,
+    )
+}
+
+#[tokio::test]
+async fn a_websocket_reaches_an_https_upstream_over_http1_while_requests_use_http2() {
+    let (base, ca, versions, _dir) = tls_upstream_with_ca("upstream-ca-ws").await;
     let proxy = proxy_to(&base, &[("GUESTGATE__UPSTREAM__CA_FILE", &ca)]).await;
     let (status, _) = get_text(&http1(), format!("http://{}/api/v2/x", proxy.addr)).await;
     assert_eq!(status, 200);
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     client
-        .write_all(
-            b"GET /api/v2/notifications HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
-              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
+        .write_all(&websocket_upgrade("/api/v2/notifications"))
         .await
         .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        assert_eq!(client.read(&mut byte).await.unwrap(), 1, "{head:?}");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let switched = read_response(&mut client).await;
+    assert_eq!(switched.status, 101, "{}", switched.head);
     client.write_all(b"ping over tls").await.unwrap();
     let mut echoed = [0u8; 13];
     tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut echoed))
@@ -1178,13 +1179,7 @@ async fn a_websocket_reaches_an_https_upstream_over_http1_while_requests_use_htt
 
 #[tokio::test]
 async fn an_https_upstream_is_reached_over_pooled_http2() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (addr, versions) = tls_upstream(&cert).await;
-    let dir = temp_dir("upstream-ca");
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    let ca = ca.display().to_string();
-    let base = format!("https://localhost:{}", addr.port());
+    let (base, ca, versions, _dir) = tls_upstream_with_ca("upstream-ca").await;
     // Without the private CA the upstream's certificate is refused: 502.
     let untrusted = proxy_to(&base, &[]).await;
     let (status, _) = get_text(&http1(), format!("http://{}/api/v2/x", untrusted.addr)).await;

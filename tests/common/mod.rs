@@ -296,6 +296,15 @@ pub fn post(path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
     request
 }
 
+/// A WebSocket upgrade request (GET with the RFC 6455 handshake headers).
+pub fn websocket_upgrade(path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: proxy.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 pub fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap()
 }
