@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use guestgate::config::ToPolicy;
+use guestgate::sanitize::ToPolicy;
 use guestgate::sanitize::{Policy, parse_object, sanitize, sanitize_bytes};
 use serde_json::json;
 

@@ -4,44 +4,29 @@
 //! Everything is validated before the proxy binds a port, and each problem is
 //! reported as one line naming the setting, so a bad deployment fails fast.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, Uri};
-use serde::{Deserialize, Deserializer, Serialize};
+use http::HeaderName;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cors::CorsSettings;
 use crate::routing::RouteTemplate;
+use crate::rules::GuestMessagesSettings;
+use crate::telemetry::LogSettings;
+use crate::tls::TlsSettings;
+use crate::upstream::{BaseUrl, UpstreamSettings, parse_base_url};
 
 /// The defaults shipped with the binary, so a container needs no file.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Environment variable prefix; `__` separates the prefix and nesting levels.
 pub const ENV_PREFIX: &str = "GUESTGATE";
-
-/// How the configured `to` meets a client-sent one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ToPolicy {
-    /// A guest never chooses its own target.
-    Override,
-    /// Keep the client's `to` when it sends one.
-    IfMissing,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable, for terminals.
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
 
 /// All settings, as read from the layered sources.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -86,102 +71,11 @@ pub struct ServerSettings {
     /// Protocols a client may upgrade to through the proxy (`Upgrade` tokens);
     /// any other upgrade request goes upstream as a plain request, so no
     /// tunnel (h2c above all) can carry requests past the sanitizer.
-    #[serde(deserialize_with = "string_list")]
+    #[serde(deserialize_with = "crate::de::string_list")]
     pub upgrade_protocols: Vec<String>,
     /// Serve HTTPS (HTTP/2 via ALPN) instead of plain HTTP/1.1 and h2c.
     #[serde(default)]
     pub tls: Option<TlsSettings>,
-}
-
-/// `[server.tls]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// PEM certificate chain, leaf first.
-    pub cert_file: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
-}
-
-/// `[upstream]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamSettings {
-    /// Base URL every request is forwarded to.
-    pub base_url: String,
-    /// TCP (and TLS) connect timeout.
-    pub connect_timeout_ms: u64,
-    /// Time allowed until the upstream's response head.
-    pub response_timeout_ms: u64,
-    /// How long an idle pooled connection is kept.
-    pub pool_idle_timeout_secs: u64,
-    /// Idle pooled connections kept per upstream host.
-    pub pool_max_idle_per_host: usize,
-    /// Extra PEM CA certificates trusted for an `https` upstream.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-/// `[guest_messages]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct GuestMessagesSettings {
-    /// Route template of the intercepted route.
-    pub path: String,
-    /// Top-level fields removed from the body.
-    #[serde(deserialize_with = "string_list")]
-    pub strip: Vec<String>,
-    /// The target written into every message; required.
-    #[serde(default)]
-    pub to: Option<serde_json::Map<String, Value>>,
-    /// How the configured `to` meets a client-sent one.
-    pub to_policy: ToPolicy,
-    /// Forward unchanged, only log and count what would change.
-    pub report_only: bool,
-    /// Per-site targets: an Origin (`https://shop.example.com`) or host name
-    /// (`shop.example.com`) mapped to the `to` used for its requests.
-    #[serde(default)]
-    pub to_by_origin: BTreeMap<String, serde_json::Map<String, Value>>,
-    /// Opt-in retries of the intercepted route.
-    pub retry: RetrySettings,
-}
-
-/// `[guest_messages.retry]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySettings {
-    /// Tries in all, including the first; 1 disables retrying.
-    pub attempts: u32,
-    /// Base delay before the first retry; doubles per retry, with full jitter.
-    pub backoff_ms: u64,
-    /// Upper bound of one delay.
-    pub max_backoff_ms: u64,
-    /// Upstream statuses that are retried (connect failures always are).
-    #[serde(deserialize_with = "status_list")]
-    pub statuses: Vec<u16>,
-}
-
-/// `[cors]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CorsSettings {
-    /// Origins allowed to call through the proxy: exact (`https://a.example`)
-    /// or one leading wildcard label (`https://*.example.com`). Empty disables CORS.
-    #[serde(deserialize_with = "string_list")]
-    pub allowed_origins: Vec<String>,
-    /// Methods allowed in preflight answers.
-    #[serde(deserialize_with = "string_list")]
-    pub allowed_methods: Vec<String>,
-    /// Request headers allowed in preflight answers.
-    #[serde(deserialize_with = "string_list")]
-    pub allowed_headers: Vec<String>,
-    /// Response headers a page may read beyond the CORS-safelisted ones.
-    #[serde(deserialize_with = "string_list")]
-    pub expose_headers: Vec<String>,
-    /// Allow cookies and Authorization on cross-origin requests.
-    pub allow_credentials: bool,
-    /// How long a browser may cache a preflight answer.
-    pub max_age_secs: u64,
 }
 
 /// `[admin]`
@@ -194,60 +88,6 @@ pub struct AdminSettings {
     pub readiness_interval_secs: u64,
     /// How often the `--config` file is checked for changes (0: only SIGHUP reloads).
     pub config_watch_interval_secs: u64,
-}
-
-/// `[log]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSettings {
-    /// Output format.
-    pub format: LogFormat,
-    /// Default filter directive when `RUST_LOG` is unset.
-    pub level: String,
-}
-
-/// Accepts a TOML list or, from an environment variable, a comma-separated string.
-fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum List {
-        Many(Vec<String>),
-        One(String),
-    }
-    Ok(match List::deserialize(d)? {
-        List::Many(v) => v,
-        List::One(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    })
-}
-
-/// Accepts a TOML list of numbers or a comma-separated string of them.
-fn status_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum List {
-        Numbers(Vec<u16>),
-        Strings(Vec<String>),
-        One(String),
-    }
-    let strings = match List::deserialize(d)? {
-        List::Numbers(v) => return Ok(v),
-        List::Strings(v) => v,
-        List::One(s) => s.split(',').map(str::to_owned).collect(),
-    };
-    strings
-        .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a status code")))
-        })
-        .collect()
 }
 
 /// Start-up configuration problems, one line each.
@@ -271,17 +111,6 @@ impl ConfigError {
             problems: vec![problem.into()],
         }
     }
-}
-
-/// The upstream base URL, split for request building.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseUrl {
-    /// `http` or `https`.
-    pub scheme: http::uri::Scheme,
-    /// Host and optional port.
-    pub authority: http::uri::Authority,
-    /// Path prefix without a trailing slash (often empty).
-    pub path_prefix: String,
 }
 
 /// Settings checked and converted into the types the proxy runs with.
@@ -625,36 +454,10 @@ fn parse_addr(name: &str, value: &str, problems: &mut Vec<String>) -> Option<Soc
         .ok()
 }
 
-fn parse_base_url(value: &str) -> Result<BaseUrl, String> {
-    let uri: Uri = value
-        .trim()
-        .parse()
-        .map_err(|e| format!("{value:?} is not a URL ({e})"))?;
-    let scheme = uri
-        .scheme()
-        .filter(|s| **s == http::uri::Scheme::HTTP || **s == http::uri::Scheme::HTTPS)
-        .cloned()
-        .ok_or_else(|| format!("{value:?} must start with http:// or https://"))?;
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| format!("{value:?} has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(format!("{value:?} must not contain user info"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("{value:?} must not have a query string"));
-    }
-    Ok(BaseUrl {
-        scheme,
-        authority,
-        path_prefix: uri.path().trim_end_matches('/').to_owned(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sanitize::ToPolicy;
 
     fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
         Some(

@@ -12,7 +12,30 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::config::{Config, CorsSettings};
+use serde::{Deserialize, Serialize};
+
+/// `[cors]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Origins allowed to call through the proxy: exact (`https://a.example`)
+    /// or one leading wildcard label (`https://*.example.com`). Empty disables CORS.
+    #[serde(deserialize_with = "crate::de::string_list")]
+    pub allowed_origins: Vec<String>,
+    /// Methods allowed in preflight answers.
+    #[serde(deserialize_with = "crate::de::string_list")]
+    pub allowed_methods: Vec<String>,
+    /// Request headers allowed in preflight answers.
+    #[serde(deserialize_with = "crate::de::string_list")]
+    pub allowed_headers: Vec<String>,
+    /// Response headers a page may read beyond the CORS-safelisted ones.
+    #[serde(deserialize_with = "crate::de::string_list")]
+    pub expose_headers: Vec<String>,
+    /// Allow cookies and Authorization on cross-origin requests.
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    pub max_age_secs: u64,
+}
 
 /// One `cors.allowed_origins` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,12 +149,11 @@ pub struct Cors {
 impl Cors {
     /// Wraps the proxy's router in the configured CORS policy; `None` when
     /// no origin is allowed (then no request is treated as CORS traffic).
-    pub fn new(proxy: Router, config: &Config) -> Option<Self> {
-        if config.cors_origins.is_empty() {
+    pub fn new(proxy: Router, cors: &CorsSettings, origins: &[OriginPattern]) -> Option<Self> {
+        if origins.is_empty() {
             return None;
         }
-        let cors = &config.settings.cors;
-        let origins = Arc::new(config.cors_origins.clone());
+        let origins = Arc::new(origins.to_vec());
         let predicate = origins.clone();
         let parse_headers = |list: &[String]| -> Vec<HeaderName> {
             list.iter().filter_map(|h| h.parse().ok()).collect()

@@ -113,15 +113,9 @@ pub fn problem(status: StatusCode, reason: &str, detail: &str) -> Response {
 
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
-        let mut response = problem(self.status(), self.reason(), &self.to_string());
-        response.extensions_mut().insert(Rejected(self.reason()));
-        response
+        problem(self.status(), self.reason(), &self.to_string())
     }
 }
-
-/// Marks a response the proxy produced itself, with the reason, for logs and metrics.
-#[derive(Debug, Clone, Copy)]
-pub struct Rejected(pub &'static str);
 
 #[cfg(test)]
 mod tests {

@@ -1,25 +1,28 @@
 //! The live configuration, swapped atomically on reload, and the readiness
 //! check that `/readyz` reports.
 //!
-//! Each request loads the current [`Live`] once and keeps it to the end, so a
+//! Each request loads the current [`Generation`] once and keeps it to the end, so a
 //! reload never changes the rules under a request in flight.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use axum::Router;
 use axum::extract::Request;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::header;
 
 use crate::config::{Config, ConfigError};
+use crate::connection::ClientInfo;
 use crate::cors::Cors;
-use crate::forward::ClientInfo;
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::proxy::{self, AppState};
+use crate::proxy;
+use crate::upstream::Upstream;
 
 /// Where the configuration comes from, so a reload reads the same layers.
 #[derive(Debug, Clone, Default)]
@@ -37,15 +40,56 @@ impl ConfigSource {
     }
 }
 
-/// One configuration generation: its state and CORS policy.
-pub struct Live {
-    /// Configuration and upstream client.
-    pub state: Arc<AppState>,
+/// One configuration generation: the validated configuration and what is
+/// built from it (upstream client, CORS policy). Each request loads the
+/// current one once and keeps it to the end; a reload swaps in a new one.
+pub struct Generation {
+    /// The validated configuration.
+    pub config: Config,
+    /// The pooled upstream client.
+    pub upstream: Upstream,
+    /// Shared with every generation, so counts survive reloads.
+    pub metrics: Arc<Metrics>,
     /// Set when `cors.allowed_origins` is.
-    pub cors: Option<Cors>,
+    cors: Option<Cors>,
 }
 
-impl Live {
+impl Generation {
+    /// Builds a generation (and its upstream client) for a configuration.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new_cyclic(|this: &Weak<Generation>| {
+            let upstream = Upstream::new(
+                &config.settings.upstream,
+                config.upstream.clone(),
+                &config.upstream_tls,
+            );
+            // The CORS router calls back into this generation; a weak
+            // reference, so a replaced generation is freed.
+            let this = this.clone();
+            let proxy = Router::new().fallback(move |request: Request| {
+                let this = this.clone();
+                async move {
+                    let client = request.extensions().get::<ClientInfo>().copied();
+                    let client = client.unwrap_or(ClientInfo {
+                        peer: ([0, 0, 0, 0], 0).into(),
+                        tls: false,
+                    });
+                    match this.upgrade() {
+                        Some(generation) => proxy::handle(generation, request, client).await,
+                        None => ProxyError::Internal.into_response(),
+                    }
+                }
+            });
+            let cors = Cors::new(proxy, &config.settings.cors, &config.cors_origins);
+            Self {
+                config,
+                upstream,
+                metrics,
+                cors,
+            }
+        })
+    }
+
     /// Answers one request under this generation's rules: browser CORS
     /// traffic through the CORS layer, everything else straight to the proxy.
     pub async fn call(self: Arc<Self>, request: Request, client: ClientInfo) -> Response {
@@ -56,19 +100,19 @@ impl Live {
                 cors.call(request).await
             }
             Some(_) if !request.headers().contains_key(header::ORIGIN) => {
-                let response = proxy::handle(self.state.clone(), request, client).await;
+                let response = proxy::handle(self.clone(), request, client).await;
                 Cors::not_cross_origin(response)
             }
             // Without CORS, and for a cross-origin OPTIONS that is not a
             // preflight: the upstream answers.
-            _ => proxy::handle(self.state.clone(), request, client).await,
+            _ => proxy::handle(self, request, client).await,
         }
     }
 }
 
 /// The running proxy's shared core.
 pub struct Gateway {
-    live: ArcSwap<Live>,
+    live: ArcSwap<Generation>,
     /// Metrics, kept across reloads.
     pub metrics: Arc<Metrics>,
     source: ConfigSource,
@@ -81,9 +125,9 @@ impl Gateway {
     /// Builds the first generation from an already validated config.
     pub fn new(config: Config, source: ConfigSource) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
-        let live = build(config, &metrics);
+        let live = Generation::new(config, metrics.clone());
         Arc::new(Self {
-            live: ArcSwap::from_pointee(live),
+            live: ArcSwap::new(live),
             metrics,
             source,
             ready: AtomicBool::new(false),
@@ -93,7 +137,7 @@ impl Gateway {
     }
 
     /// The current generation.
-    pub fn current(&self) -> Arc<Live> {
+    pub fn current(&self) -> Arc<Generation> {
         self.live.load_full()
     }
 
@@ -104,8 +148,9 @@ impl Gateway {
         match self.source.load() {
             Ok(config) => {
                 let old = self.current();
-                warn_restart_only(&old.state.config, &config);
-                self.live.store(Arc::new(build(config, &self.metrics)));
+                warn_restart_only(&old.config, &config);
+                self.live
+                    .store(Generation::new(config, self.metrics.clone()));
                 self.metrics.reload(true);
                 tracing::info!("configuration reloaded");
                 Ok(())
@@ -148,8 +193,8 @@ impl Gateway {
 
     /// Runs one upstream connect check and caches its result.
     pub async fn check_upstream(&self) {
-        let state = self.current().state.clone();
-        let result = state.upstream.probe().await;
+        let generation = self.current();
+        let result = generation.upstream.probe().await;
         if let Err(e) = &result {
             if self.ready.load(Ordering::Relaxed) || self.detail() != *e {
                 tracing::warn!(error = %e, "upstream readiness check failed");
@@ -170,7 +215,6 @@ impl Gateway {
                 gateway.check_upstream().await;
                 let interval = gateway
                     .current()
-                    .state
                     .config
                     .settings
                     .admin
@@ -194,14 +238,7 @@ impl Gateway {
             let mut last = fingerprint(&file);
             loop {
                 let interval = match weak.upgrade() {
-                    Some(g) => {
-                        g.current()
-                            .state
-                            .config
-                            .settings
-                            .admin
-                            .config_watch_interval_secs
-                    }
+                    Some(g) => g.current().config.settings.admin.config_watch_interval_secs,
                     None => return,
                 };
                 if interval == 0 {
@@ -228,12 +265,6 @@ impl Gateway {
 fn fingerprint(file: &std::path::Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(file).ok()?;
     Some((meta.modified().ok()?, meta.len()))
-}
-
-fn build(config: Config, metrics: &Arc<Metrics>) -> Live {
-    let state = Arc::new(AppState::new(config, metrics.clone()));
-    let cors = Cors::new(proxy::router(state.clone()), &state.config);
-    Live { state, cors }
 }
 
 /// Settings bound to sockets and connection handling only change on restart.

@@ -6,18 +6,24 @@
 
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod cors;
+mod de;
 pub mod demo;
 pub mod error;
-pub mod forward;
 pub mod gateway;
+pub mod headers;
+pub mod intercept;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
+pub mod rules;
 pub mod sanitize;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;
+pub mod upstream;
 
 pub use config::Config;
 pub use server::{Running, start, start_with_source};

@@ -30,6 +30,25 @@ pub enum PathError {
     NotOriginForm,
 }
 
+/// Which kind of route a request took, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// An intercepted route: its body was edited.
+    Intercepted,
+    /// Everything else.
+    PassThrough,
+}
+
+impl RouteKind {
+    /// A stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Intercepted => "intercepted",
+            RouteKind::PassThrough => "pass_through",
+        }
+    }
+}
+
 /// Where one segment lies in [`CanonicalPath`]'s text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {

@@ -12,7 +12,17 @@ use bytes::Bytes;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use crate::config::ToPolicy;
+use serde::{Deserialize, Serialize};
+
+/// How the configured `to` meets a client-sent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToPolicy {
+    /// A guest never chooses its own target.
+    Override,
+    /// Keep the client's `to` when it sends one.
+    IfMissing,
+}
 
 /// What to remove and what to set on every intercepted message.
 #[derive(Debug, Clone, PartialEq)]

@@ -28,8 +28,8 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use crate::config::Config;
+use crate::connection::{ClientInfo, Lease};
 use crate::error::ProxyError;
-use crate::forward::{ClientInfo, Lease};
 use crate::gateway::{ConfigSource, Gateway};
 use crate::metrics::OpenGuard;
 use crate::telemetry;
@@ -146,7 +146,7 @@ impl Connections for Gateway {
         Box::pin(self.current().call(request, client))
     }
     fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.current().state.config.tls.clone()
+        self.current().config.tls.clone()
     }
     fn opened(&self) -> Option<OpenGuard> {
         Some(self.metrics.connection())

@@ -1,15 +1,24 @@
 //! HTTPS for the client-facing listener: certificate loading and ALPN, so
 //! browsers and gateways negotiate HTTP/2 without prior knowledge.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use std::path::Path;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::TlsSettings;
+use serde::{Deserialize, Serialize};
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
 
 /// Why `[server.tls]` cannot be used; each message names the setting.
 #[derive(Debug, thiserror::Error)]

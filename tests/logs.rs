@@ -22,7 +22,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 use common::*;
-use guestgate::config::{LogFormat, LogSettings};
+use guestgate::telemetry::{LogFormat, LogSettings};
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

@@ -12,8 +12,8 @@
 //! `;parameters` before resolving dot segments routes the canonical form the
 //! same way guestgate matched it.
 
-use guestgate::config::ToPolicy;
 use guestgate::routing::{CanonicalPath, PathError, RouteTemplate};
+use guestgate::sanitize::ToPolicy;
 use guestgate::sanitize::{Policy, ToChange, sanitize_bytes};
 use proptest::prelude::*;
 use proptest::sample::Index;

@@ -4,7 +4,7 @@
 //! sanitizes again to the same bytes.
 #![no_main]
 
-use guestgate::config::ToPolicy;
+use guestgate::sanitize::ToPolicy;
 use guestgate::sanitize::{Policy, parse_object, sanitize_bytes};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};

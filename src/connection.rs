@@ -1,0 +1,42 @@
+//! What a request knows of the client connection it came on: the peer and
+//! whether it used TLS (for the forwarding headers), and, for an upgrade
+//! request, the lease a tunnel keeps on the connection's slot.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, watch};
+
+/// Who the client was and how it reached us, for the X-Forwarded-* headers.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the client connection used TLS.
+    pub tls: bool,
+}
+
+/// What a tunnel keeps of the client connection it takes over: the
+/// connection's slot under `server.max_connections` (so tunnels are capped
+/// and the shutdown drain waits for them), and word of the server closing
+/// when the drain time is up. The server puts one on every upgrade request.
+#[derive(Clone)]
+pub struct Lease {
+    _slot: Arc<OwnedSemaphorePermit>,
+    closing: watch::Receiver<bool>,
+}
+
+impl Lease {
+    /// A lease on `slot` that ends when `closing` turns true.
+    pub fn new(slot: Arc<OwnedSemaphorePermit>, closing: watch::Receiver<bool>) -> Self {
+        Self {
+            _slot: slot,
+            closing,
+        }
+    }
+
+    /// Resolves when the server closes its remaining connections (or is gone).
+    pub async fn closed(&mut self) {
+        let _ = self.closing.wait_for(|closing| *closing).await;
+    }
+}

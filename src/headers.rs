@@ -1,0 +1,285 @@
+//! Header rewriting between client and upstream: hop-by-hop headers and
+//! method overrides removed, this hop added to the forwarding headers.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::connection::ClientInfo;
+
+/// Headers that a client may use to make a framework treat a request as another method.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+];
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1 and common legacy ones): they
+/// describe one connection and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Request headers never forwarded: hop-by-hop ones, `Upgrade` (put back
+/// for upgrade requests), `Expect` (answered here), `Host` (the client sets
+/// the upstream's) and method overrides.
+const REQUEST_DROPPED: [HeaderName; 14] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::EXPECT,
+    header::HOST,
+    HeaderName::from_static(METHOD_OVERRIDE_HEADERS[0]),
+    HeaderName::from_static(METHOD_OVERRIDE_HEADERS[1]),
+    HeaderName::from_static(METHOD_OVERRIDE_HEADERS[2]),
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The tokens of every `Connection` header line.
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    remove_all(headers, &HOP_BY_HOP);
+}
+
+/// Removes `names` and the headers the Connection header names (which is
+/// one of `names`). Looking through the few headers a message has first is
+/// cheaper than a hash lookup per name when, as usual, none is there.
+fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if !headers.keys().any(|name| names.contains(name)) {
+        return;
+    }
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(names) {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a client request's headers for the upstream: hop-by-hop headers and
+/// method overrides removed, Host left to the client (it sets the upstream's),
+/// X-Forwarded-For/-Proto/-Host added. Upgrade requests keep their Upgrade header.
+pub fn prepare_headers(
+    headers: &mut HeaderMap,
+    client: ClientInfo,
+    host: Option<HeaderValue>,
+    upgrade: bool,
+) {
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    remove_all(headers, &REQUEST_DROPPED);
+    if let Some(value) = upgrade_value {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, value);
+    }
+    let ip = client.peer.ip();
+    append_hop(headers, X_FORWARDED_FOR, &ip.to_string(), |_| true);
+    if headers.contains_key(header::FORWARDED) {
+        // RFC 7239: only appended to, so an upstream reading it finds this
+        // hop last, as in X-Forwarded-For.
+        let proto = if client.tls { "https" } else { "http" };
+        let node = match ip {
+            std::net::IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+        };
+        append_hop(headers, header::FORWARDED, &node, quotes_closed);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+    );
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Appends `hop` to a list header, joining every line the client sent. A
+/// list with a line that is not visible ASCII or fails `valid` is replaced
+/// by `hop` alone.
+fn append_hop(headers: &mut HeaderMap, name: HeaderName, hop: &str, valid: fn(&str) -> bool) {
+    let mut list = String::new();
+    for prior in headers.get_all(&name) {
+        match prior.to_str() {
+            Ok(prior) if valid(prior) => {
+                let prior = prior.trim();
+                if !prior.is_empty() {
+                    list.push_str(prior);
+                    list.push_str(", ");
+                }
+            }
+            _ => {
+                list.clear();
+                break;
+            }
+        }
+    }
+    list.push_str(hop);
+    if let Ok(value) = HeaderValue::try_from(list) {
+        headers.insert(name, value);
+    }
+}
+
+/// True when every quoted string in a `Forwarded` line is closed, so an
+/// element appended after it stands on its own (RFC 7239 section 4).
+fn quotes_closed(line: &str) -> bool {
+    let mut quoted = false;
+    let mut bytes = line.bytes();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'"' => quoted = !quoted,
+            b'\\' if quoted && bytes.next().is_none() => return false,
+            _ => {}
+        }
+    }
+    !quoted
+}
+
+/// Cleans an upstream response for the client: hop-by-hop headers removed
+/// (the client connection has its own framing), everything else unchanged.
+pub fn prepare_response<B>(response: &mut Response<B>) {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upgrade = response.headers().get(header::UPGRADE).cloned();
+        strip_hop_by_hop(response.headers_mut());
+        if let Some(upgrade) = upgrade {
+            let headers = response.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, upgrade);
+        }
+    } else {
+        strip_hop_by_hop(response.headers_mut());
+    }
+}
+
+/// The client's `Host` (HTTP/1) or `:authority` (HTTP/2), for `X-Forwarded-Host`.
+pub fn original_host<B>(request: &http::Request<B>) -> Option<HeaderValue> {
+    request.headers().get(header::HOST).cloned().or_else(|| {
+        request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientInfo {
+        ClientInfo {
+            peer: "10.1.2.3:5555".parse().unwrap(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, X-Secret-Hop".parse().unwrap(),
+        );
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("x-http-method-override", "DELETE".parse().unwrap());
+        h.insert(header::EXPECT, "100-continue".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "Bearer t".parse().unwrap());
+        h.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        prepare_headers(
+            &mut h,
+            client(),
+            Some("proxy.example".parse().unwrap()),
+            false,
+        );
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "authorization",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "proxy.example");
+    }
+
+    #[test]
+    fn forwarding_lists_are_joined_and_appended_to() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", "2.2.2.2, 3.3.3.3".parse().unwrap());
+        h.append(header::FORWARDED, "for=1.1.1.1".parse().unwrap());
+        let v6 = ClientInfo {
+            peer: "[2001:db8::1]:443".parse().unwrap(),
+            tls: true,
+        };
+        prepare_headers(&mut h, v6, None, false);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 2001:db8::1"
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=1.1.1.1, for=\"[2001:db8::1]\";proto=https"
+        );
+        // Not sent, not invented; not ASCII or an unclosed quote (which would
+        // swallow this hop's element), replaced.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        prepare_headers(&mut h, client(), None, false);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert!(!h.contains_key(header::FORWARDED));
+        for bad in [&b"for=\xff"[..], b"for=6.6.6.6, x=\"", b"x=\"a\\\""] {
+            h.insert(header::FORWARDED, HeaderValue::from_bytes(bad).unwrap());
+            prepare_headers(&mut h, client(), None, false);
+            assert_eq!(h[header::FORWARDED], "for=10.1.2.3;proto=http");
+        }
+        h.insert(
+            header::FORWARDED,
+            r#"for="[::1]";x="a\"b,c""#.parse().unwrap(),
+        );
+        prepare_headers(&mut h, client(), None, false);
+        assert_eq!(
+            h[header::FORWARDED],
+            r#"for="[::1]";x="a\"b,c", for=10.1.2.3;proto=http"#
+        );
+    }
+}

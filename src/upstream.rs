@@ -1,0 +1,248 @@
+//! The upstream side: where requests go (`[upstream]`), the pooled client
+//! that sends them, and the retry loop of intercepted routes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+
+/// `[upstream]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// Base URL every request is forwarded to.
+    pub base_url: String,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Time allowed until the upstream's response head.
+    pub response_timeout_ms: u64,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout_secs: u64,
+    /// Idle pooled connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+    /// Extra PEM CA certificates trusted for an `https` upstream.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[guest_messages.retry]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Tries in all, including the first; 1 disables retrying.
+    pub attempts: u32,
+    /// Base delay before the first retry; doubles per retry, with full jitter.
+    pub backoff_ms: u64,
+    /// Upper bound of one delay.
+    pub max_backoff_ms: u64,
+    /// Upstream statuses that are retried (connect failures always are).
+    #[serde(deserialize_with = "crate::de::status_list")]
+    pub statuses: Vec<u16>,
+}
+
+/// The upstream base URL, split for request building.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// Host and optional port.
+    pub authority: http::uri::Authority,
+    /// Path prefix without a trailing slash (often empty).
+    pub path_prefix: String,
+}
+
+/// The pooled client to the one configured upstream.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// HTTP/1.1 only, for upgrade requests: HTTP/2 has no `Upgrade`, and an
+    /// https upstream would otherwise be reached over h2 (ALPN).
+    upgrades: Client<HttpsConnector<HttpConnector>, Body>,
+    connector: HttpsConnector<HttpConnector>,
+    base: BaseUrl,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client; no connection is made until the first request.
+    pub fn new(settings: &UpstreamSettings, base: BaseUrl, tls: &rustls::ClientConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)));
+        let tls = || {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+        };
+        let https = tls().enable_http2().wrap_connector(http.clone());
+        let client = |connector| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(settings.pool_idle_timeout_secs))
+                .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(connector)
+        };
+        Self {
+            client: client(https.clone()),
+            upgrades: client(tls().wrap_connector(http)),
+            connector: https,
+            base,
+            connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+            response_timeout: Duration::from_millis(settings.response_timeout_ms),
+        }
+    }
+
+    /// Opens (and drops) one TCP connection, with the TLS handshake for
+    /// https, to tell whether the upstream is reachable; `/readyz` caches it.
+    pub async fn probe(&self) -> Result<(), String> {
+        let uri = self.uri_for("/", None);
+        let connect = tower::ServiceExt::oneshot(self.connector.clone(), uri);
+        match tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), connect).await {
+            Ok(Ok(_connection)) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.base.authority)),
+            Err(_) => Err(format!("connect to {} timed out", self.base.authority)),
+        }
+    }
+
+    /// The absolute upstream URI for a canonical path and the client's query.
+    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Uri {
+        let mut pq = String::with_capacity(self.base.path_prefix.len() + path.len() + 32);
+        pq.push_str(&self.base.path_prefix);
+        pq.push_str(path);
+        if let Some(query) = query {
+            pq.push('?');
+            pq.push_str(query);
+        }
+        Uri::builder()
+            .scheme(self.base.scheme.clone())
+            .authority(self.base.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .expect("canonical path and validated query form a valid URI")
+    }
+
+    /// Sends a prepared request and waits for the response head. Only
+    /// upgrade requests keep an `Upgrade` header (see [`prepare_headers`]).
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let client = if request.headers().contains_key(header::UPGRADE) {
+            &self.upgrades
+        } else {
+            &self.client
+        };
+        let pending = client.request(request);
+        match tokio::time::timeout(self.response_timeout, pending).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(
+                self.response_timeout.as_millis() as u64,
+            )),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::warn!(error = %e, "upstream connect failed");
+                Err(ProxyError::UpstreamUnreachable)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upstream request failed");
+                Err(ProxyError::UpstreamFailed)
+            }
+            Ok(Ok(response)) => Ok(response.map(Body::new)),
+        }
+    }
+
+    /// Sends an intercepted route's edited body, retrying per its `retry`
+    /// settings. The body is complete in memory, so every attempt sends the
+    /// same bytes; each attempt's latency goes to `metrics` under `route`.
+    pub async fn send_with_retry(
+        &self,
+        retry: &RetrySettings,
+        uri: &Uri,
+        mut headers: HeaderMap,
+        body: Bytes,
+        metrics: &Metrics,
+        route: &'static str,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut attempt = 1;
+        loop {
+            let last = attempt >= retry.attempts;
+            let mut outgoing = Request::new(Body::from(body.clone()));
+            *outgoing.method_mut() = Method::POST;
+            *outgoing.uri_mut() = uri.clone();
+            // The last attempt takes the headers; earlier ones send copies.
+            *outgoing.headers_mut() = if last {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
+            let started = Instant::now();
+            let result = self.send(outgoing).await;
+            metrics.upstream_latency(route, started.elapsed());
+            let retryable = match &result {
+                Ok(response) => retry.statuses.contains(&response.status().as_u16()),
+                Err(ProxyError::UpstreamUnreachable) => true,
+                Err(_) => false,
+            };
+            if !retryable || last {
+                return result;
+            }
+            let delay = backoff(retry.backoff_ms, retry.max_backoff_ms, attempt);
+            tracing::info!(
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                status = result.as_ref().ok().map(|r| r.status().as_u16()),
+                "retrying guest message"
+            );
+            metrics.retry();
+            drop(result);
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(max, base * 2^(n-1))].
+fn backoff(base_ms: u64, max_ms: u64, attempt: u32) -> Duration {
+    let ceiling = base_ms
+        .saturating_mul(1u64 << (attempt - 1).min(20))
+        .min(max_ms);
+    Duration::from_millis(fastrand::u64(0..=ceiling))
+}
+
+/// Splits and checks a configured base URL.
+pub fn parse_base_url(value: &str) -> Result<BaseUrl, String> {
+    let uri: Uri = value
+        .trim()
+        .parse()
+        .map_err(|e| format!("{value:?} is not a URL ({e})"))?;
+    let scheme = uri
+        .scheme()
+        .filter(|s| **s == http::uri::Scheme::HTTP || **s == http::uri::Scheme::HTTPS)
+        .cloned()
+        .ok_or_else(|| format!("{value:?} must start with http:// or https://"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{value:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{value:?} must not contain user info"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{value:?} must not have a query string"));
+    }
+    Ok(BaseUrl {
+        scheme,
+        authority,
+        path_prefix: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
