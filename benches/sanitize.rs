@@ -12,8 +12,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use guestgate::sanitize::ToPolicy;
-use guestgate::sanitize::{Policy, parse_object, sanitize, sanitize_bytes};
+use guestgate::edit::{Edits, apply};
+use guestgate::rules::{ToPolicy, shorthand_edits};
+use guestgate::sanitize::{parse_object, sanitize_bytes};
 use serde_json::json;
 
 /// The same ~200-byte message the load test sends (bench/lib/message.json).
@@ -52,12 +53,14 @@ fn large_message() -> Vec<u8> {
     }
 }
 
-fn policy() -> Policy {
-    Policy::new(
-        vec!["id".to_owned()],
+/// The `[guest_messages]` defaults: remove `id`, set `to`.
+fn policy() -> Edits {
+    shorthand_edits(
+        &["id".to_owned()],
         json!({"id": "bench-queue-0001"}),
         ToPolicy::Override,
     )
+    .expect("valid edits")
 }
 
 fn benches(c: &mut Criterion) {
@@ -96,7 +99,7 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             || map.clone(),
             |mut m| {
-                let changes = sanitize(&mut m, black_box(&policy));
+                let changes = apply(&mut m, black_box(&policy));
                 (m, changes)
             },
             BatchSize::SmallInput,
@@ -107,7 +110,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("serialize");
     for (name, body) in inputs {
         let mut m = parse_object(body).unwrap();
-        sanitize(&mut m, &policy);
+        apply(&mut m, &policy).expect("valid edits");
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_function(name, |b| {
             b.iter(|| serde_json::to_vec(black_box(&m)).unwrap())

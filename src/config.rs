@@ -4,7 +4,7 @@
 //! Everything is validated before the proxy binds a port, and each problem is
 //! reported as one line naming the setting, so a bad deployment fails fast.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,11 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cors::CorsSettings;
-use crate::routing::RouteTemplate;
-use crate::rules::GuestMessagesSettings;
+use crate::rules::{GuestMessagesSettings, RuleSettings, RuleTable};
 use crate::telemetry::LogSettings;
 use crate::tls::TlsSettings;
-use crate::upstream::{BaseUrl, UpstreamSettings, parse_base_url};
+use crate::upstream::{BaseUrl, NamedUpstreamSettings, UpstreamSettings, parse_base_url};
 
 /// The defaults shipped with the binary, so a container needs no file.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -36,8 +35,14 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Where requests go.
     pub upstream: UpstreamSettings,
-    /// The intercepted route and its sanitizing.
+    /// Further upstreams rules can send to, by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, NamedUpstreamSettings>,
+    /// The user report's route: a shorthand for the first rule.
     pub guest_messages: GuestMessagesSettings,
+    /// Intercepted routes and their body edits, in match order.
+    #[serde(default)]
+    pub rules: Vec<RuleSettings>,
     /// Health and metrics listener.
     pub admin: AdminSettings,
     /// Logging.
@@ -122,20 +127,28 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Parsed `admin.listen`; `None` when disabled.
     pub admin_listen: Option<SocketAddr>,
-    /// Parsed `upstream.base_url`.
-    pub upstream: BaseUrl,
-    /// Parsed `guest_messages.path`.
-    pub route: RouteTemplate,
-    /// The sanitizing policy with the default `to`.
-    pub policy: crate::sanitize::Policy,
-    /// Policies for `guest_messages.to_by_origin`, keyed by lower-case origin or host.
-    pub policies_by_origin: HashMap<String, crate::sanitize::Policy>,
+    /// `[upstream]` first, then `[upstreams.NAME]` in name order; rules
+    /// refer to them by index.
+    pub upstreams: Vec<UpstreamTarget>,
+    /// The rules in match order (`[guest_messages]` first).
+    pub rules: RuleTable,
     /// Parsed `[cors]` origins; empty when CORS is off.
     pub cors_origins: Vec<crate::cors::OriginPattern>,
     /// Loaded `[server.tls]` certificate and key.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// TLS settings for an `https` upstream (roots plus `upstream.ca_file`).
-    pub upstream_tls: Arc<rustls::ClientConfig>,
+}
+
+/// One upstream, checked and ready to build a client for.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    /// `default` for `[upstream]`, else the `[upstreams]` key.
+    pub name: String,
+    /// Its settings, `[upstream]` filling what a named one leaves out.
+    pub settings: UpstreamSettings,
+    /// Parsed `base_url`.
+    pub base: BaseUrl,
+    /// TLS settings for an `https` upstream (roots plus `ca_file`).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 impl Config {
@@ -184,26 +197,16 @@ impl Config {
         } else {
             parse_addr("admin.listen", &settings.admin.listen, &mut problems)
         };
-        let upstream = parse_base_url(&settings.upstream.base_url)
-            .map_err(|e| problems.push(format!("upstream.base_url: {e}")))
-            .ok();
-        let route = RouteTemplate::parse(&settings.guest_messages.path)
-            .map_err(|e| problems.push(format!("guest_messages.path: {e}")))
-            .ok();
-        let to = match &settings.guest_messages.to {
-            None => {
-                problems.push(
-                    "guest_messages.to: required, e.g. GUESTGATE__GUEST_MESSAGES__TO__ID=<queue-id>"
-                        .into(),
-                );
-                None
-            }
-            Some(map) if map.is_empty() => {
-                problems.push("guest_messages.to: must have at least one field, e.g. id".into());
-                None
-            }
-            Some(map) => Some(Value::Object(map.clone())),
-        };
+        let upstreams = check_upstreams(&settings, &mut problems);
+        let names: Vec<String> = std::iter::once("default".to_owned())
+            .chain(settings.upstreams.keys().cloned())
+            .collect();
+        let rules = crate::rules::compile(
+            &settings.guest_messages,
+            &settings.rules,
+            &names,
+            &mut problems,
+        );
         for (name, value) in [
             (
                 "server.max_body_bytes",
@@ -221,14 +224,6 @@ impl Config {
                 "server.body_read_timeout_ms",
                 settings.server.body_read_timeout_ms,
             ),
-            (
-                "upstream.connect_timeout_ms",
-                settings.upstream.connect_timeout_ms,
-            ),
-            (
-                "upstream.response_timeout_ms",
-                settings.upstream.response_timeout_ms,
-            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name}: must be greater than 0"));
@@ -236,33 +231,6 @@ impl Config {
         }
         if settings.server.max_header_bytes < 8192 {
             problems.push("server.max_header_bytes: must be at least 8192".into());
-        }
-        let mut policies_by_origin = HashMap::new();
-        for (key, to) in &settings.guest_messages.to_by_origin {
-            if to.is_empty() {
-                problems.push(format!(
-                    "guest_messages.to_by_origin.{key}: must have at least one field, e.g. id"
-                ));
-                continue;
-            }
-            policies_by_origin.insert(
-                key.trim().trim_end_matches('/').to_ascii_lowercase(),
-                crate::sanitize::Policy::new(
-                    settings.guest_messages.strip.clone(),
-                    Value::Object(to.clone()),
-                    settings.guest_messages.to_policy,
-                ),
-            );
-        }
-        let retry = &settings.guest_messages.retry;
-        if !(1..=10).contains(&retry.attempts) {
-            problems
-                .push("guest_messages.retry.attempts: must be between 1 (no retry) and 10".into());
-        }
-        if let Some(bad) = retry.statuses.iter().find(|s| !(100..=599).contains(*s)) {
-            problems.push(format!(
-                "guest_messages.retry.statuses: {bad} is not an HTTP status"
-            ));
         }
         if settings.server.idle_timeout_secs == 0 {
             problems.push("server.idle_timeout_secs: must be greater than 0".into());
@@ -290,37 +258,16 @@ impl Config {
                 .map_err(|e| problems.push(e.to_string()))
                 .ok()
         });
-        let upstream_tls = crate::tls::upstream_client_config(settings.upstream.ca_file.as_deref())
-            .map_err(|e| problems.push(e.to_string()))
-            .ok();
-        if settings.guest_messages.strip.iter().any(|k| k == "to") {
-            problems.push(
-                "guest_messages.strip: must not contain \"to\", which is set by guest_messages.to"
-                    .into(),
-            );
-        }
-        match (listen, upstream, route, to, upstream_tls) {
-            (Some(listen), Some(upstream), Some(route), Some(to), Some(upstream_tls))
-                if problems.is_empty() =>
-            {
-                let policy = crate::sanitize::Policy::new(
-                    settings.guest_messages.strip.clone(),
-                    to,
-                    settings.guest_messages.to_policy,
-                );
-                Ok(Self {
-                    settings,
-                    listen,
-                    admin_listen,
-                    upstream,
-                    route,
-                    policy,
-                    policies_by_origin,
-                    cors_origins,
-                    tls,
-                    upstream_tls: Arc::new(upstream_tls),
-                })
-            }
+        match listen {
+            Some(listen) if problems.is_empty() => Ok(Self {
+                settings,
+                listen,
+                admin_listen,
+                upstreams,
+                rules,
+                cors_origins,
+                tls,
+            }),
             _ => Err(ConfigError { problems }),
         }
     }
@@ -335,47 +282,36 @@ impl Config {
         Duration::from_millis(self.settings.server.body_read_timeout_ms)
     }
 
-    /// The policy for a request: its Origin, then its Host, looked up in
-    /// `guest_messages.to_by_origin`; the default target otherwise.
-    pub fn policy_for(&self, headers: &http::HeaderMap) -> &crate::sanitize::Policy {
-        if self.policies_by_origin.is_empty() {
-            return &self.policy;
-        }
-        let lookup = |value: &str| {
-            self.policies_by_origin
-                .get(&value.trim().trim_end_matches('/').to_ascii_lowercase())
-        };
-        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-        let origin = header(http::header::ORIGIN);
-        let host = header(http::header::HOST);
-        origin
-            .and_then(lookup)
-            .or_else(|| {
-                origin
-                    .and_then(|o| o.split_once("://"))
-                    .and_then(|(_, h)| lookup(h))
-            })
-            .or_else(|| host.and_then(lookup))
-            .or_else(|| {
-                host.and_then(|h| h.rsplit_once(':'))
-                    .and_then(|(h, _)| lookup(h))
-            })
-            .unwrap_or(&self.policy)
-    }
-
     /// The effective settings as TOML, with secrets masked, for `guestgate check`.
     pub fn effective_toml(&self) -> String {
         let mut settings = self.settings.clone();
-        settings.upstream.base_url = format!(
-            "{}://{}{}",
-            self.upstream.scheme, self.upstream.authority, self.upstream.path_prefix
-        );
+        let base = |target: &UpstreamTarget| {
+            let b = &target.base;
+            format!("{}://{}{}", b.scheme, b.authority, b.path_prefix)
+        };
+        settings.upstream.base_url = base(&self.upstreams[0]);
+        for target in &self.upstreams[1..] {
+            if let Some(named) = settings.upstreams.get_mut(&target.name) {
+                named.base_url = base(target);
+            }
+        }
         let mut value = serde_json::to_value(&settings).unwrap_or(Value::Null);
         mask_secrets(&mut value);
-        match to_toml(value) {
-            Some(table) => toml::to_string_pretty(&table).unwrap_or_default(),
-            None => String::new(),
+        let names: Vec<String> = self.upstreams.iter().map(|u| u.name.clone()).collect();
+        let mut out = String::from("# Rules, in match order (the first that matches applies):\n");
+        for line in self.rules.describe(&names).lines() {
+            out.push_str("#   ");
+            out.push_str(line);
+            out.push('\n');
         }
+        if self.rules.rules().is_empty() {
+            out.push_str("#   (none: every request passes through)\n");
+        }
+        out.push('\n');
+        if let Some(table) = to_toml(value) {
+            out.push_str(&toml::to_string_pretty(&table).unwrap_or_default());
+        }
+        out
     }
 
     /// `server.shutdown_timeout_secs` as a duration.
@@ -432,6 +368,52 @@ fn mask_secrets(value: &mut Value) {
     }
 }
 
+/// `[upstream]` and `[upstreams.NAME]`, each checked; a named one takes
+/// what it leaves out from `[upstream]`.
+fn check_upstreams(settings: &Settings, problems: &mut Vec<String>) -> Vec<UpstreamTarget> {
+    let named = settings
+        .upstreams
+        .iter()
+        .map(|(name, named)| (name.as_str(), named.over(&settings.upstream)));
+    let all = std::iter::once(("default", settings.upstream.clone())).chain(named);
+    let mut targets = Vec::new();
+    for (i, (name, upstream)) in all.enumerate() {
+        let at = if i == 0 {
+            "upstream".to_owned()
+        } else {
+            format!("upstreams.{name}")
+        };
+        if i > 0 && (name == "default" || !crate::rules::valid_name(name)) {
+            problems.push(format!(
+                "{at}: the name must be 1 to 64 of a-z, 0-9, _ and -, and not \"default\""
+            ));
+        }
+        for (key, value) in [
+            ("connect_timeout_ms", upstream.connect_timeout_ms),
+            ("response_timeout_ms", upstream.response_timeout_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("{at}.{key}: must be greater than 0"));
+            }
+        }
+        let base = parse_base_url(&upstream.base_url)
+            .map_err(|e| problems.push(format!("{at}.base_url: {e}")))
+            .ok();
+        let tls = crate::tls::upstream_client_config(upstream.ca_file.as_deref())
+            .map_err(|e| problems.push(format!("{at}.{e}")))
+            .ok();
+        if let (Some(base), Some(tls)) = (base, tls) {
+            targets.push(UpstreamTarget {
+                name: name.to_owned(),
+                settings: upstream,
+                base,
+                tls: Arc::new(tls),
+            });
+        }
+    }
+    targets
+}
+
 /// Turns the `config` crate's messages into "setting: problem" lines.
 fn describe(e: &config::ConfigError) -> String {
     let msg = e.to_string();
@@ -457,7 +439,7 @@ fn parse_addr(name: &str, value: &str, problems: &mut Vec<String>) -> Option<Soc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sanitize::ToPolicy;
+    use crate::rules::ToPolicy;
 
     fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
         Some(
@@ -485,8 +467,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
-        assert_eq!(config.upstream.path_prefix, "/prefix");
-        assert_eq!(config.policy.to(), &serde_json::json!({"id": "12345"}));
+        assert_eq!(config.upstreams[0].base.path_prefix, "/prefix");
+        assert_eq!(config.rules.rules()[0].name.as_ref(), "guest_messages");
         assert_eq!(
             config.settings.guest_messages.to_policy,
             ToPolicy::IfMissing
@@ -569,8 +551,10 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen.port(), 2222);
         assert_eq!(
-            config.policy.to(),
-            &serde_json::json!({"id": "from-file", "type": "queue"})
+            config.settings.guest_messages.to,
+            serde_json::json!({"id": "from-file", "type": "queue"})
+                .as_object()
+                .cloned()
         );
         let missing = Config::load_with_env(Some(&dir.join("nope.toml")), env(&[])).unwrap_err();
         assert!(missing.problems[0].starts_with("--config: "));

@@ -4,8 +4,18 @@
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
+use crate::edit::EditError;
 use crate::routing::PathError;
-use crate::sanitize::BodyError;
+use crate::sanitize::{BodyError, SanitizeError};
+
+impl From<SanitizeError> for ProxyError {
+    fn from(e: SanitizeError) -> Self {
+        match e {
+            SanitizeError::Body(e) => ProxyError::Body(e),
+            SanitizeError::Edit(e) => ProxyError::Edit(e),
+        }
+    }
+}
 
 /// Everything the proxy itself can answer with instead of the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -13,9 +23,12 @@ pub enum ProxyError {
     /// The request target cannot be canonicalized safely.
     #[error(transparent)]
     Path(#[from] PathError),
-    /// The intercepted body cannot be sanitized.
+    /// The intercepted body is not one strict JSON object.
     #[error(transparent)]
     Body(#[from] BodyError),
+    /// A rule's edits or checks failed on the body.
+    #[error(transparent)]
+    Edit(#[from] EditError),
     /// Framing that could make the upstream read a different request.
     #[error("ambiguous request framing: {0}")]
     Framing(&'static str),
@@ -57,6 +70,7 @@ impl ProxyError {
         match self {
             ProxyError::Path(_)
             | ProxyError::Body(_)
+            | ProxyError::Edit(_)
             | ProxyError::Framing(_)
             | ProxyError::Undecodable(_)
             | ProxyError::BodyRead => StatusCode::BAD_REQUEST,
@@ -74,6 +88,7 @@ impl ProxyError {
         match self {
             ProxyError::Path(_) => "invalid-path",
             ProxyError::Body(_) => "invalid-body",
+            ProxyError::Edit(e) => e.reason(),
             ProxyError::Framing(_) => "ambiguous-framing",
             ProxyError::BodyTooLarge { .. } => "body-too-large",
             ProxyError::UnsupportedEncoding(_) => "unsupported-encoding",
@@ -91,12 +106,26 @@ impl ProxyError {
 /// Builds a problem+json response; also used for errors raised outside the
 /// proxy handler (panics, admin endpoints).
 pub fn problem(status: StatusCode, reason: &str, detail: &str) -> Response {
-    let body = serde_json::json!({
+    problem_for_rule(status, reason, detail, None)
+}
+
+/// A problem+json response naming the rule that refused the request (an
+/// RFC 9457 extension member `rule`) when one applied.
+pub fn problem_for_rule(
+    status: StatusCode,
+    reason: &str,
+    detail: &str,
+    rule: Option<&str>,
+) -> Response {
+    let mut body = serde_json::json!({
         "type": format!("tag:guestgate,2026:problem:{reason}"),
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail,
     });
+    if let Some(rule) = rule {
+        body["rule"] = rule.into();
+    }
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -111,9 +140,16 @@ pub fn problem(status: StatusCode, reason: &str, detail: &str) -> Response {
     response
 }
 
+impl ProxyError {
+    /// The problem+json answer, naming the rule that applied, if any.
+    pub fn into_problem(self, rule: Option<&str>) -> Response {
+        problem_for_rule(self.status(), self.reason(), &self.to_string(), rule)
+    }
+}
+
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
-        problem(self.status(), self.reason(), &self.to_string())
+        self.into_problem(None)
     }
 }
 

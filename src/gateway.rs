@@ -46,8 +46,9 @@ impl ConfigSource {
 pub struct Generation {
     /// The validated configuration.
     pub config: Config,
-    /// The pooled upstream client.
-    pub upstream: Upstream,
+    /// A pooled client per configured upstream, `[upstream]` first (rules
+    /// refer to them by index).
+    pub upstreams: Vec<Upstream>,
     /// Shared with every generation, so counts survive reloads.
     pub metrics: Arc<Metrics>,
     /// Set when `cors.allowed_origins` is.
@@ -58,11 +59,11 @@ impl Generation {
     /// Builds a generation (and its upstream client) for a configuration.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new_cyclic(|this: &Weak<Generation>| {
-            let upstream = Upstream::new(
-                &config.settings.upstream,
-                config.upstream.clone(),
-                &config.upstream_tls,
-            );
+            let upstreams = config
+                .upstreams
+                .iter()
+                .map(|u| Upstream::new(&u.settings, u.base.clone(), &u.tls))
+                .collect();
             // The CORS router calls back into this generation; a weak
             // reference, so a replaced generation is freed.
             let this = this.clone();
@@ -83,7 +84,7 @@ impl Generation {
             let cors = Cors::new(proxy, &config.settings.cors, &config.cors_origins);
             Self {
                 config,
-                upstream,
+                upstreams,
                 metrics,
                 cors,
             }
@@ -194,7 +195,7 @@ impl Gateway {
     /// Runs one upstream connect check and caches its result.
     pub async fn check_upstream(&self) {
         let generation = self.current();
-        let result = generation.upstream.probe().await;
+        let result = generation.upstreams[0].probe().await;
         if let Err(e) = &result {
             if self.ready.load(Ordering::Relaxed) || self.detail() != *e {
                 tracing::warn!(error = %e, "upstream readiness check failed");

@@ -14,11 +14,13 @@ use tower::{Layer, ServiceExt};
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::connection::ClientInfo;
+use crate::edit::{Changes, Edits, Op};
 use crate::error::ProxyError;
 use crate::gateway::Generation;
 use crate::headers;
 use crate::routing::RouteKind;
-use crate::sanitize::{self, Policy};
+use crate::rules::{BodyKind, Rule};
+use crate::sanitize::{self, BodyError};
 
 /// The only encodings decoded on the intercepted route, by canonical token.
 fn content_encoding(headers: &HeaderMap) -> Result<Option<&'static str>, ProxyError> {
@@ -44,6 +46,7 @@ fn content_encoding(headers: &HeaderMap) -> Result<Option<&'static str>, ProxyEr
 /// Reads, decodes and edits the whole body, then forwards the edited object.
 pub async fn intercept(
     generation: Arc<Generation>,
+    rule: Arc<Rule>,
     mut request: Request,
     client: ClientInfo,
     route_path: String,
@@ -57,7 +60,7 @@ pub async fn intercept(
     if encoding.is_none() {
         let (parts, body) = request.into_parts();
         let body = read_limited(&generation, body, false).await?;
-        return forward_edited(&generation, parts, client, body, &route_path).await;
+        return forward_edited(&generation, &rule, parts, client, body, &route_path).await;
     }
     let limit = generation.config.settings.server.max_body_bytes;
     // The compressed stream may not be larger than the decoded limit either.
@@ -65,11 +68,12 @@ pub async fn intercept(
     // tower-http decodes; our errors come back out as the service's error.
     let decoded = tower::service_fn(move |request: http::Request<_>| {
         let generation = generation.clone();
+        let rule = rule.clone();
         let route_path = route_path.clone();
         async move {
             let (parts, body) = http::Request::into_parts(request);
             let bytes = read_limited(&generation, body, true).await?;
-            forward_edited(&generation, parts, client, bytes, &route_path).await
+            forward_edited(&generation, &rule, parts, client, bytes, &route_path).await
         }
     });
     let service = RequestDecompressionLayer::new().layer(decoded);
@@ -117,43 +121,72 @@ fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The pointers a rule changed, by operation: names only, never values.
+struct Edited<'a>(&'a Changes);
+
+impl Edited<'_> {
+    fn pointers(&self, op: Op) -> Vec<&str> {
+        let edits = self.0.edits.iter().filter(|c| c.op == op);
+        edits.map(|c| &*c.pointer).collect()
+    }
+}
+
 async fn forward_edited(
     generation: &Generation,
+    rule: &Rule,
     parts: http::request::Parts,
     client: ClientInfo,
     body: Bytes,
     route_path: &str,
 ) -> Result<Response, ProxyError> {
-    let policy = generation.config.policy_for(&parts.headers);
-    let report_only = generation.config.settings.guest_messages.report_only;
-    let (body, content_type) = if report_only {
-        report_only_body(generation, body, policy, &parts.headers)
+    let edits = rule.edits_for(&parts.headers);
+    let (body, content_type) = if rule.body == BodyKind::Empty {
+        if !body.is_empty() {
+            if !rule.report_only {
+                return Err(BodyError::NotEmpty.into());
+            }
+            tracing::info!(
+                rule = &*rule.name,
+                would_reject = %BodyError::NotEmpty,
+                "report_only: body forwarded unchanged"
+            );
+            generation.metrics.would_change(&rule.name, "rejected");
+        }
+        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+        (body, content_type)
+    } else if rule.report_only {
+        report_only_body(generation, rule, body, edits, &parts.headers)
     } else {
-        let (sanitized, changes) = sanitize::sanitize_bytes(&body, policy)?;
+        let (edited, changes) = sanitize::sanitize_bytes(&body, edits)?;
+        let names = Edited(&changes);
         tracing::info!(
-            stripped = ?changes.stripped,
-            to = changes.to.as_str(),
-            "guest message sanitized"
+            rule = &*rule.name,
+            removed = ?names.pointers(Op::Removed),
+            injected = ?names.pointers(Op::Injected),
+            overridden = ?names.pointers(Op::Overridden),
+            "body edited"
         );
-        generation.metrics.sanitized(&changes);
-        (sanitized, HeaderValue::from_static("application/json"))
+        generation
+            .metrics
+            .edited(&rule.name, &changes, rule.shorthand);
+        (edited, Some(HeaderValue::from_static("application/json")))
     };
+    let upstream = &generation.upstreams[rule.upstream];
     let request = Request::from_parts(parts, Body::empty());
     let host = headers::original_host(&request);
-    let uri = generation
-        .upstream
-        .uri_for(route_path, request.uri().query());
+    let uri = upstream.uri_for(route_path, request.uri().query());
     let (parts, _) = request.into_parts();
     let mut headers = parts.headers;
     headers::prepare_headers(&mut headers, client, host, false);
     headers.remove(header::CONTENT_ENCODING);
-    headers.insert(header::CONTENT_TYPE, content_type);
+    match content_type {
+        Some(value) => headers.insert(header::CONTENT_TYPE, value),
+        None => headers.remove(header::CONTENT_TYPE),
+    };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    let retry = &generation.config.settings.guest_messages.retry;
-    let mut response = generation
-        .upstream
+    let mut response = upstream
         .send_with_retry(
-            retry,
+            &rule.retry,
             &uri,
             headers,
             body,
@@ -166,35 +199,45 @@ async fn forward_edited(
 }
 
 /// report_only: the decoded body goes upstream as the client sent it; what
-/// the sanitizer would have done is logged and counted.
+/// the rule would have done is logged and counted.
 fn report_only_body(
     generation: &Generation,
+    rule: &Rule,
     body: Bytes,
-    policy: &Policy,
+    edits: &Edits,
     headers: &HeaderMap,
-) -> (Bytes, HeaderValue) {
-    match sanitize::sanitize_bytes(&body, policy) {
+) -> (Bytes, Option<HeaderValue>) {
+    let metrics = &generation.metrics;
+    match sanitize::sanitize_bytes(&body, edits) {
         Ok((_, changes)) => {
+            let names = Edited(&changes);
             tracing::info!(
-                would_strip = ?changes.stripped,
-                would_set_to = changes.to.as_str(),
-                "report_only: guest message forwarded unchanged"
+                rule = &*rule.name,
+                would_remove = ?names.pointers(Op::Removed),
+                would_inject = ?names.pointers(Op::Injected),
+                would_override = ?names.pointers(Op::Overridden),
+                "report_only: body forwarded unchanged"
             );
-            for _ in &changes.stripped {
-                generation.metrics.would_change("stripped");
-            }
-            if changes.to != sanitize::ToChange::Kept {
-                generation.metrics.would_change(changes.to.as_str());
+            for change in changes.edits.iter().filter(|c| c.op != Op::Kept) {
+                let action = match change.op {
+                    Op::Removed => "stripped",
+                    op => op.as_str(),
+                };
+                metrics.would_change(&rule.name, action);
             }
         }
         Err(e) => {
-            tracing::info!(would_reject = %e, "report_only: guest message forwarded unchanged");
-            generation.metrics.would_change("rejected");
+            tracing::info!(
+                rule = &*rule.name,
+                would_reject = %e,
+                "report_only: body forwarded unchanged"
+            );
+            metrics.would_change(&rule.name, "rejected");
         }
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("application/json"));
-    (body, content_type)
+    (body, Some(content_type))
 }

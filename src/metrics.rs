@@ -9,20 +9,52 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::sanitize::Changes;
+use crate::edit::{Changes, Op};
+
+/// A label value shared with the configuration (a rule name, a pointer):
+/// looking a series up clones a reference count, not the text.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Shared(Arc<str>);
+
+impl EncodeLabelValue for Shared {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(&self.0)
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: &'static str,
+    rule: Shared,
     method: &'static str,
     status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EditLabels {
+    rule: Shared,
+    op: &'static str,
+    pointer: Shared,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleActionLabels {
+    rule: Shared,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectedLabels {
+    rule: Shared,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,11 +73,6 @@ struct ActionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -61,10 +88,12 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    edits: Family<EditLabels, Counter>,
     stripped: Family<FieldLabel, Counter>,
     to: Family<ActionLabel, Counter>,
-    would_change: Family<ActionLabel, Counter>,
-    rejected: Family<ReasonLabel, Counter>,
+    would_change: Family<RuleActionLabels, Counter>,
+    rejected: Family<RejectedLabels, Counter>,
+    no_rule: Shared,
     upstream_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     total_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     retries: Counter,
@@ -87,31 +116,37 @@ impl Metrics {
         let requests = Family::default();
         registry.register(
             "requests",
-            "Requests answered, by route kind (intercepted, pass_through), method and status class",
+            "Requests answered, by route kind (intercepted, pass_through), rule (empty when none applied), method and status class",
             requests.clone(),
+        );
+        let edits = Family::default();
+        registry.register(
+            "edits",
+            "Body edits made, by rule, operation (removed, injected, overridden) and configured JSON Pointer",
+            edits.clone(),
         );
         let stripped = Family::default();
         registry.register(
             "fields_stripped",
-            "Top-level fields removed from guest messages, by field name",
+            "Top-level fields removed from guest messages ([guest_messages] route), by field name",
             stripped.clone(),
         );
         let to = Family::default();
         registry.register(
             "to",
-            "What happened to the `to` field of guest messages (injected, overridden, kept)",
+            "What happened to the `to` field of guest messages ([guest_messages] route: injected, overridden, kept)",
             to.clone(),
         );
         let would_change = Family::default();
         registry.register(
             "report_only_would_change",
-            "report_only mode: messages forwarded unchanged that would have been changed or rejected (stripped, injected, overridden, rejected)",
+            "report_only mode: bodies forwarded unchanged that would have been changed or rejected, by rule and action (stripped, injected, overridden, rejected)",
             would_change.clone(),
         );
         let rejected = Family::default();
         registry.register(
             "rejected",
-            "Requests answered by the proxy with an error, by reason",
+            "Requests answered by the proxy with an error, by reason and rule (empty when none applied)",
             rejected.clone(),
         );
         let upstream_latency: Family<RouteLabel, Histogram, fn() -> Histogram> =
@@ -161,10 +196,12 @@ impl Metrics {
         Self {
             registry,
             requests,
+            edits,
             stripped,
             to,
             would_change,
             rejected,
+            no_rule: Shared(Arc::from("")),
             upstream_latency,
             total_latency,
             retries,
@@ -175,10 +212,15 @@ impl Metrics {
         }
     }
 
+    fn rule_label(&self, rule: Option<&Arc<str>>) -> Shared {
+        rule.map_or_else(|| self.no_rule.clone(), |r| Shared(r.clone()))
+    }
+
     /// Counts one answered request and its total latency.
     pub fn request(
         &self,
         route: &'static str,
+        rule: Option<&Arc<str>>,
         method: &Method,
         status: StatusCode,
         took: Duration,
@@ -186,6 +228,7 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
+                rule: self.rule_label(rule),
                 method: method_label(method),
                 status: status_class(status),
             })
@@ -202,32 +245,57 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Counts what the sanitizer changed in one message.
-    pub fn sanitized(&self, changes: &Changes) {
-        for field in &changes.stripped {
-            self.stripped
-                .get_or_create(&FieldLabel {
-                    field: field.clone(),
-                })
-                .inc();
+    /// Counts what a rule's edits changed in one body. The `[guest_messages]`
+    /// shorthand also counts in the series it had before rules existed.
+    pub fn edited(&self, rule: &Arc<str>, changes: &Changes, shorthand: bool) {
+        for change in &changes.edits {
+            if change.op != Op::Kept {
+                self.edits
+                    .get_or_create(&EditLabels {
+                        rule: Shared(rule.clone()),
+                        op: change.op.as_str(),
+                        pointer: Shared(change.pointer.clone()),
+                    })
+                    .inc();
+            }
+            if !shorthand {
+                continue;
+            }
+            if &*change.pointer == "/to" {
+                self.to
+                    .get_or_create(&ActionLabel {
+                        action: change.op.as_str(),
+                    })
+                    .inc();
+            } else if change.op == Op::Removed {
+                self.stripped
+                    .get_or_create(&FieldLabel {
+                        field: change.pointer[1..].to_owned(),
+                    })
+                    .inc();
+            }
         }
-        self.to
-            .get_or_create(&ActionLabel {
-                action: changes.to.as_str(),
+    }
+
+    /// report_only: counts a change a rule did not make (`stripped`,
+    /// `injected`, `overridden`, `rejected`).
+    pub fn would_change(&self, rule: &Arc<str>, action: &'static str) {
+        self.would_change
+            .get_or_create(&RuleActionLabels {
+                rule: Shared(rule.clone()),
+                action,
             })
             .inc();
     }
 
-    /// report_only: counts a change that was not made.
-    pub fn would_change(&self, action: &'static str) {
-        self.would_change
-            .get_or_create(&ActionLabel { action })
-            .inc();
-    }
-
     /// Counts a request the proxy answered with an error.
-    pub fn rejected(&self, reason: &'static str) {
-        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    pub fn rejected(&self, rule: Option<&Arc<str>>, reason: &'static str) {
+        self.rejected
+            .get_or_create(&RejectedLabels {
+                rule: self.rule_label(rule),
+                reason,
+            })
+            .inc();
     }
 
     /// Counts one retry.
@@ -303,12 +371,14 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         metrics.request(
             "intercepted",
+            Some(&Arc::from("webchat-send")),
             &Method::POST,
             StatusCode::CREATED,
             Duration::from_millis(3),
         );
         metrics.request(
             "pass_through",
+            None,
             &Method::from_bytes(b"PROPFIND").unwrap(),
             StatusCode::BAD_GATEWAY,
             Duration::from_millis(3),
@@ -316,7 +386,7 @@ mod tests {
         let guard = metrics.connection();
         let text = metrics.encode();
         assert!(text.contains(
-            r#"guestgate_requests_total{route="intercepted",method="POST",status="2xx"} 1"#
+            r#"guestgate_requests_total{route="intercepted",rule="webchat-send",method="POST",status="2xx"} 1"#
         ));
         assert!(text.contains(r#"method="other",status="5xx"} 1"#));
         assert!(text.contains("guestgate_open_connections 1"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Version};
 
@@ -24,6 +24,8 @@ use crate::upgrade;
 pub struct Outcome {
     /// The route kind.
     pub route: RouteKind,
+    /// The rule that applied, by name.
+    pub rule: Option<Arc<str>>,
     /// The upstream's response, or why the proxy answers itself.
     pub result: Result<Response, ProxyError>,
 }
@@ -34,25 +36,31 @@ pub async fn handle(generation: Arc<Generation>, request: Request, client: Clien
     let method = request.method().clone();
     let outcome = serve(&generation, request, client).await;
     let route = outcome.route.as_str();
-    tracing::Span::current().record("route", route);
+    let rule = outcome.rule.as_ref();
+    let span = tracing::Span::current();
+    span.record("route", route);
+    if let Some(rule) = rule {
+        span.record("rule", &**rule);
+    }
     let response = match outcome.result {
         Ok(response) => response,
         Err(error) => {
             let reason = error.reason();
-            let response = error.into_response();
+            let response = error.into_problem(rule.map(|r| &**r));
             tracing::info!(
                 route,
+                rule = rule.map(|r| &**r),
                 reason,
                 status = response.status().as_u16(),
                 "request refused"
             );
-            generation.metrics.rejected(reason);
+            generation.metrics.rejected(rule, reason);
             response
         }
     };
     generation
         .metrics
-        .request(route, &method, response.status(), started.elapsed());
+        .request(route, rule, &method, response.status(), started.elapsed());
     response
 }
 
@@ -61,6 +69,7 @@ pub async fn handle(generation: Arc<Generation>, request: Request, client: Clien
 async fn serve(generation: &Arc<Generation>, request: Request, client: ClientInfo) -> Outcome {
     let pass_through = |result| Outcome {
         route: RouteKind::PassThrough,
+        rule: None,
         result,
     };
     if let Err(e) = check_request(&request) {
@@ -70,19 +79,20 @@ async fn serve(generation: &Arc<Generation>, request: Request, client: ClientInf
         Ok(path) => path,
         Err(e) => return pass_through(Err(e.into())),
     };
-    let is_post = request.method().as_str().eq_ignore_ascii_case("POST");
-    match generation.config.route.matches(&path) {
-        Some(route_path) if is_post => Outcome {
+    match generation.config.rules.lookup(request.method(), &path) {
+        Some((rule, route_path)) => Outcome {
             route: RouteKind::Intercepted,
+            rule: Some(rule.name.clone()),
             result: Box::pin(intercept::intercept(
                 generation.clone(),
+                rule.clone(),
                 request,
                 client,
                 route_path,
             ))
             .await,
         },
-        _ => pass_through(forward(generation, request, client, path.as_path()).await),
+        None => pass_through(forward(generation, request, client, path.as_path()).await),
     }
 }
 
@@ -150,7 +160,8 @@ async fn forward(
         .then(|| request.extensions_mut().remove::<Lease>())
         .flatten();
     let host = headers::original_host(&request);
-    let uri = generation.upstream.uri_for(path, request.uri().query());
+    let upstream = &generation.upstreams[0];
+    let uri = upstream.uri_for(path, request.uri().query());
     let (parts, body) = request.into_parts();
     let mut headers = parts.headers;
     headers::prepare_headers(&mut headers, client, host, upgrade);
@@ -159,7 +170,7 @@ async fn forward(
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
     let started = Instant::now();
-    let mut response = generation.upstream.send(outgoing).await?;
+    let mut response = upstream.send(outgoing).await?;
     let took = started.elapsed();
     generation
         .metrics

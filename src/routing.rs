@@ -19,6 +19,18 @@ pub enum PathError {
     /// (or parameter delimiters), some do not.
     #[error("encoded '/', '\\' or ';' in path")]
     EncodedSeparator,
+    /// `%23` or `%3F`: an upstream that decodes before splitting would
+    /// read a fragment or a query where we saw a path.
+    #[error("encoded '#' or '?' in path")]
+    EncodedDelimiter,
+    /// `%00`–`%1F` or `%7F`: control characters end or split a path in
+    /// some parsers.
+    #[error("encoded control character in path")]
+    EncodedControl,
+    /// `%25` followed by two hex digits: an upstream that decodes twice
+    /// would see a different path than the one matched.
+    #[error("double percent-encoding in path")]
+    DoubleEncoding,
     /// A raw `\`, which some servers treat as `/`.
     #[error("backslash in path")]
     Backslash,
@@ -154,6 +166,21 @@ fn normalize_segment(raw: &str) -> Result<String, PathError> {
 
 /// Appends the canonical spelling of one raw segment to `out`.
 fn normalize_segment_into(out: &mut String, raw: &str) -> Result<(), PathError> {
+    let start = out.len();
+    append_canonical(out, raw)?;
+    // `%25` then two hex digits, however they were spelled (`%2532`,
+    // `%25%32%46`): decoded once more it is another character.
+    let canonical = &out.as_bytes()[start..];
+    let double = canonical
+        .windows(5)
+        .any(|w| w.starts_with(b"%25") && w[3].is_ascii_hexdigit() && w[4].is_ascii_hexdigit());
+    if double {
+        return Err(PathError::DoubleEncoding);
+    }
+    Ok(())
+}
+
+fn append_canonical(out: &mut String, raw: &str) -> Result<(), PathError> {
     let bytes = raw.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -167,8 +194,11 @@ fn normalize_segment_into(out: &mut String, raw: &str) -> Result<(), PathError> 
                     return Err(PathError::InvalidPercentEncoding);
                 };
                 let decoded = hi << 4 | lo;
-                if matches!(decoded, b'/' | b'\\' | b';') {
-                    return Err(PathError::EncodedSeparator);
+                match decoded {
+                    b'/' | b'\\' | b';' => return Err(PathError::EncodedSeparator),
+                    b'#' | b'?' => return Err(PathError::EncodedDelimiter),
+                    0x00..=0x1F | 0x7F => return Err(PathError::EncodedControl),
+                    _ => {}
                 }
                 if is_unreserved(decoded) {
                     out.push(decoded as char);
@@ -199,7 +229,7 @@ enum TemplateSegment {
     /// Matched ASCII case-insensitively.
     Literal(String),
     /// `{name}`: any one non-empty segment.
-    Param,
+    Param(String),
 }
 
 /// A configured route such as
@@ -224,7 +254,7 @@ impl RouteTemplate {
             .split('/')
             .map(|s| {
                 if s.starts_with('{') && s.ends_with('}') && s.len() > 2 {
-                    return Ok(TemplateSegment::Param);
+                    return Ok(TemplateSegment::Param(s[1..s.len() - 1].to_owned()));
                 }
                 let canonical = normalize_segment(s).ok();
                 if s.is_empty()
@@ -245,27 +275,57 @@ impl RouteTemplate {
 
     /// If `path` is this route (ignoring letter case of literals, `;parameters`
     /// and a trailing slash), the exact path to forward: the template's own
-    /// spelling with the captured parameters.
+    /// spelling with the captured parameters. Nothing is allocated for a
+    /// path that does not match.
     pub fn matches(&self, path: &CanonicalPath) -> Option<String> {
         if path.segments.len() != self.segments.len() {
             return None;
         }
-        let mut out = String::with_capacity(96);
-        for (template, segment) in self.segments.iter().zip(&path.segments) {
+        let pairs = || self.segments.iter().zip(&path.segments);
+        let matched = pairs().all(|(template, segment)| {
             let bare = path.bare(segment);
             match template {
-                TemplateSegment::Literal(literal) if literal.eq_ignore_ascii_case(bare) => {
-                    out.push('/');
-                    out.push_str(literal);
-                }
-                TemplateSegment::Param if !bare.is_empty() => {
-                    out.push('/');
-                    out.push_str(bare);
-                }
-                _ => return None,
+                TemplateSegment::Literal(literal) => literal.eq_ignore_ascii_case(bare),
+                TemplateSegment::Param(_) => !bare.is_empty(),
             }
+        });
+        if !matched {
+            return None;
+        }
+        let mut out = String::with_capacity(96);
+        for (template, segment) in pairs() {
+            out.push('/');
+            out.push_str(match template {
+                TemplateSegment::Literal(literal) => literal,
+                TemplateSegment::Param(_) => path.bare(segment),
+            });
         }
         Some(out)
+    }
+
+    /// Whether every path `other` matches is matched by this template too.
+    pub fn covers(&self, other: &RouteTemplate) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(mine, theirs)| match (mine, theirs) {
+                    (TemplateSegment::Param(_), _) => true,
+                    (TemplateSegment::Literal(a), TemplateSegment::Literal(b)) => {
+                        a.eq_ignore_ascii_case(b)
+                    }
+                    (TemplateSegment::Literal(_), TemplateSegment::Param(_)) => false,
+                })
+    }
+}
+
+impl std::fmt::Display for RouteTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.segments.iter().try_for_each(|segment| match segment {
+            TemplateSegment::Literal(literal) => write!(f, "/{literal}"),
+            TemplateSegment::Param(name) => write!(f, "/{{{name}}}"),
+        })
     }
 }
 
@@ -332,6 +392,26 @@ mod tests {
         );
         assert_eq!(route_of("/a%3bb"), Err(PathError::EncodedSeparator));
         assert_eq!(route_of("/a\\b"), Err(PathError::Backslash));
+        for (raw, error) in [
+            ("/a%23b", PathError::EncodedDelimiter),
+            ("/a%3fb", PathError::EncodedDelimiter),
+            ("/a%3Fb", PathError::EncodedDelimiter),
+            ("/a%00b", PathError::EncodedControl),
+            ("/a%0Ab", PathError::EncodedControl),
+            ("/a%1fb", PathError::EncodedControl),
+            ("/a%7Fb", PathError::EncodedControl),
+            ("/a%252Fb", PathError::DoubleEncoding),
+            ("/a%252fb", PathError::DoubleEncoding),
+            ("/a%2541", PathError::DoubleEncoding),
+            ("/a%25%32%46b", PathError::DoubleEncoding),
+            ("/a%25%32f", PathError::DoubleEncoding),
+        ] {
+            assert_eq!(route_of(raw), Err(error), "{raw}");
+        }
+        // A percent sign that is not followed by two hex digits is just one.
+        assert!(route_of("/a%25zz").is_ok());
+        assert!(route_of("/a%25").is_ok());
+        assert!(route_of("/a%25%20").is_ok());
         assert_eq!(route_of("/a%zz"), Err(PathError::InvalidPercentEncoding));
         assert_eq!(route_of("/a%4"), Err(PathError::InvalidPercentEncoding));
         assert_eq!(route_of("/a b"), Err(PathError::InvalidCharacter));
@@ -368,5 +448,17 @@ mod tests {
         assert!(RouteTemplate::parse("/a//b").is_err());
         assert!(RouteTemplate::parse("/a/%41").is_err());
         assert!(RouteTemplate::parse("/a/{}").is_err());
+    }
+
+    #[test]
+    fn coverage_of_one_template_by_another() {
+        let t = |s| RouteTemplate::parse(s).unwrap();
+        assert!(t("/a/{x}/c").covers(&t("/a/b/c")));
+        assert!(t("/a/{x}/c").covers(&t("/A/{y}/c")));
+        assert!(t("/a/b/c").covers(&t("/a/B/c")));
+        assert!(!t("/a/b/c").covers(&t("/a/{x}/c")));
+        assert!(!t("/a/{x}").covers(&t("/a/b/c")));
+        assert!(!t("/a/b").covers(&t("/a/c")));
+        assert_eq!(t("/a/{id}/Messages").to_string(), "/a/{id}/Messages");
     }
 }

@@ -1,7 +1,9 @@
-//! The guest message sanitizer: a pure function over a JSON object.
+//! The sanitizer: strict parsing of an intercepted body, then a rule's edits
+//! ([`crate::edit`]), then re-serialization; pure functions over bytes and
+//! JSON values, testable without a server.
 //!
 //! The vendor answers an opaque 500 when a guest message carries a client-chosen
-//! `id` or lacks a `to` target, so the proxy removes the one and sets the other.
+//! `id` or lacks a `to` target, so a rule removes the one and sets the other.
 //! Parsing is strict (duplicate keys, trailing data and non-objects are refused)
 //! and the output is always re-serialized, so the upstream never sees a body
 //! that could be read two ways.
@@ -12,85 +14,7 @@ use bytes::Bytes;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use serde::{Deserialize, Serialize};
-
-/// How the configured `to` meets a client-sent one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ToPolicy {
-    /// A guest never chooses its own target.
-    Override,
-    /// Keep the client's `to` when it sends one.
-    IfMissing,
-}
-
-/// What to remove and what to set on every intercepted message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    strip: Vec<String>,
-    to: Value,
-    to_policy: ToPolicy,
-}
-
-impl Policy {
-    /// `to` is the value written under the `to` key (usually an object such as
-    /// `{"id": "queue-uuid"}`).
-    pub fn new(strip: Vec<String>, to: Value, to_policy: ToPolicy) -> Self {
-        Self {
-            strip,
-            to,
-            to_policy,
-        }
-    }
-
-    /// The same policy with another `to`, for per-origin targets.
-    pub fn with_to(&self, to: Value) -> Self {
-        Self { to, ..self.clone() }
-    }
-
-    /// The configured target, for logs and the `check` command.
-    pub fn to(&self) -> &Value {
-        &self.to
-    }
-}
-
-/// What happened to the `to` field, so operators can count overrides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToChange {
-    /// The body had no `to`; the configured one was added.
-    Injected,
-    /// The body had a different `to`; it was replaced.
-    Overridden,
-    /// The body's `to` was kept (already equal, or policy `if_missing`).
-    Kept,
-}
-
-impl ToChange {
-    /// A stable label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ToChange::Injected => "injected",
-            ToChange::Overridden => "overridden",
-            ToChange::Kept => "kept",
-        }
-    }
-}
-
-/// The edits made to one body: field names only, never values, so it is safe to log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Changes {
-    /// Top-level fields removed, in the order of the strip list.
-    pub stripped: Vec<String>,
-    /// What happened to `to`.
-    pub to: ToChange,
-}
-
-impl Changes {
-    /// True when the forwarded body differs in content from the client's.
-    pub fn modified(&self) -> bool {
-        !self.stripped.is_empty() || self.to != ToChange::Kept
-    }
-}
+use crate::edit::{self, Changes, EditError, Edits};
 
 /// Why a body cannot be sanitized; every variant becomes a 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,29 +29,9 @@ pub enum BodyError {
     /// Valid JSON, but not an object.
     #[error("body must be a JSON object, got {0}")]
     NotObject(&'static str),
-}
-
-/// Removes the configured fields and sets `to`. Every other field keeps its
-/// position and exact value.
-pub fn sanitize(body: &mut Map<String, Value>, policy: &Policy) -> Changes {
-    let stripped = policy
-        .strip
-        .iter()
-        .filter(|key| body.shift_remove(key.as_str()).is_some())
-        .cloned()
-        .collect();
-    let to = match (body.get_mut("to"), policy.to_policy) {
-        (None, _) => {
-            body.insert("to".to_owned(), policy.to.clone());
-            ToChange::Injected
-        }
-        (Some(existing), ToPolicy::Override) if *existing != policy.to => {
-            *existing = policy.to.clone();
-            ToChange::Overridden
-        }
-        (Some(_), _) => ToChange::Kept,
-    };
-    Changes { stripped, to }
+    /// A body on a route whose requests carry none.
+    #[error("body must be empty on this route")]
+    NotEmpty,
 }
 
 /// Strictly parses one JSON object (a leading UTF-8 byte order mark is
@@ -145,10 +49,22 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BodyError> {
     }
 }
 
-/// Parse, sanitize and re-serialize: the one transformation the proxy applies.
-pub fn sanitize_bytes(body: &[u8], policy: &Policy) -> Result<(Bytes, Changes), BodyError> {
+/// Why an intercepted body is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SanitizeError {
+    /// Not one strict JSON object.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// The rule's edits or checks failed on it.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+}
+
+/// Parse, edit and re-serialize: the one transformation the proxy applies
+/// to an intercepted body.
+pub fn sanitize_bytes(body: &[u8], edits: &Edits) -> Result<(Bytes, Changes), SanitizeError> {
     let mut map = parse_object(body)?;
-    let changes = sanitize(&mut map, policy);
+    let changes = edit::apply(&mut map, edits)?;
     let out = serde_json::to_vec(&map).expect("a JSON map always serializes");
     Ok((Bytes::from(out), changes))
 }
@@ -260,58 +176,76 @@ impl<'de> Visitor<'de> for StrictVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edit::Op;
+    use crate::pointer::Pointer;
     use serde_json::json;
 
-    fn policy(to_policy: ToPolicy) -> Policy {
-        Policy::new(vec!["id".into()], json!({"id": "queue-1"}), to_policy)
+    /// The `[guest_messages]` defaults: remove `id`, set `to`.
+    fn edits(override_to: bool) -> Edits {
+        let to = vec![(Pointer::parse("/to").unwrap(), json!({"id": "queue-1"}))];
+        let (set, set_if_missing) = if override_to {
+            (to, Vec::new())
+        } else {
+            (Vec::new(), to)
+        };
+        Edits {
+            remove: vec![Pointer::parse("/id").unwrap()],
+            set_if_missing,
+            set,
+            allow: Vec::new(),
+            require: Vec::new(),
+        }
     }
 
-    fn run(body: &str, to_policy: ToPolicy) -> (String, Changes) {
-        let (out, changes) = sanitize_bytes(body.as_bytes(), &policy(to_policy)).unwrap();
+    fn run(body: &str, override_to: bool) -> (String, Changes) {
+        let (out, changes) = sanitize_bytes(body.as_bytes(), &edits(override_to)).unwrap();
         (String::from_utf8(out.to_vec()).unwrap(), changes)
+    }
+
+    fn ops(changes: &Changes) -> Vec<(Op, &str)> {
+        changes.edits.iter().map(|c| (c.op, &*c.pointer)).collect()
     }
 
     #[test]
     fn strips_id_injects_to_keeps_from_id() {
         let (out, changes) = run(
             r#"{"id":"client","from":{"id":"guest"},"text":"Hello"}"#,
-            ToPolicy::Override,
+            true,
         );
         assert_eq!(
             out,
             r#"{"from":{"id":"guest"},"text":"Hello","to":{"id":"queue-1"}}"#
         );
-        assert_eq!(changes.stripped, vec!["id".to_owned()]);
-        assert_eq!(changes.to, ToChange::Injected);
+        assert_eq!(ops(&changes), [(Op::Removed, "/id"), (Op::Injected, "/to")]);
         assert!(changes.modified());
     }
 
     #[test]
     fn override_replaces_client_to_in_place() {
-        let (out, changes) = run(r#"{"to":{"id":"evil"},"text":"x"}"#, ToPolicy::Override);
+        let (out, changes) = run(r#"{"to":{"id":"evil"},"text":"x"}"#, true);
         assert_eq!(out, r#"{"to":{"id":"queue-1"},"text":"x"}"#);
-        assert_eq!(changes.to, ToChange::Overridden);
+        assert_eq!(ops(&changes), [(Op::Overridden, "/to")]);
     }
 
     #[test]
     fn if_missing_keeps_client_to() {
-        let (out, changes) = run(r#"{"to":{"id":"mine"},"text":"x"}"#, ToPolicy::IfMissing);
+        let (out, changes) = run(r#"{"to":{"id":"mine"},"text":"x"}"#, false);
         assert_eq!(out, r#"{"to":{"id":"mine"},"text":"x"}"#);
-        assert_eq!(changes.to, ToChange::Kept);
+        assert_eq!(ops(&changes), [(Op::Kept, "/to")]);
         assert!(!changes.modified());
     }
 
     #[test]
     fn equal_to_counts_as_kept() {
-        let (_, changes) = run(r#"{"to":{"id":"queue-1"}}"#, ToPolicy::Override);
-        assert_eq!(changes.to, ToChange::Kept);
+        let (_, changes) = run(r#"{"to":{"id":"queue-1"}}"#, true);
+        assert_eq!(ops(&changes), [(Op::Kept, "/to")]);
     }
 
     #[test]
     fn keeps_order_big_numbers_and_unicode() {
         // Every digit is kept; only the exponent marker is written as `e+`.
         let body = r#"{"z":1,"a":123456789012345678901234567890.000000000000000000001,"m":"h\u00e9 ✓ 😀","n":-0.0,"e":1E400}"#;
-        let (out, _) = run(body, ToPolicy::Override);
+        let (out, _) = run(body, true);
         assert_eq!(
             out,
             r#"{"z":1,"a":123456789012345678901234567890.000000000000000000001,"m":"hé ✓ 😀","n":-0.0,"e":1e+400,"to":{"id":"queue-1"}}"#
@@ -320,14 +254,14 @@ mod tests {
 
     #[test]
     fn escaped_key_names_are_the_same_key() {
-        let (out, changes) = run(r#"{"\u0069d":"sneaky","text":"x"}"#, ToPolicy::Override);
+        let (out, changes) = run(r#"{"\u0069d":"sneaky","text":"x"}"#, true);
         assert_eq!(out, r#"{"text":"x","to":{"id":"queue-1"}}"#);
-        assert_eq!(changes.stripped, vec!["id".to_owned()]);
+        assert_eq!(ops(&changes)[0], (Op::Removed, "/id"));
     }
 
     #[test]
     fn duplicate_keys_are_refused_at_any_depth() {
-        let p = policy(ToPolicy::Override);
+        let e = edits(true);
         for body in [
             r#"{"id":"a","id":"b"}"#,
             r#"{"text":"x","\u0074ext":"y"}"#,
@@ -336,8 +270,8 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    sanitize_bytes(body.as_bytes(), &p),
-                    Err(BodyError::DuplicateKey(_))
+                    sanitize_bytes(body.as_bytes(), &e),
+                    Err(SanitizeError::Body(BodyError::DuplicateKey(_)))
                 ),
                 "{body}"
             );
@@ -346,7 +280,7 @@ mod tests {
 
     #[test]
     fn refuses_non_objects_trailing_data_and_bad_utf8() {
-        let p = policy(ToPolicy::Override);
+        let e = edits(true);
         let cases: [&[u8]; 8] = [
             b"[1,2]",
             b"\"text\"",
@@ -358,14 +292,13 @@ mod tests {
             b"{\"a\":\"\\ud800\"}",
         ];
         for body in cases {
-            assert!(sanitize_bytes(body, &p).is_err(), "{body:?}");
+            assert!(sanitize_bytes(body, &e).is_err(), "{body:?}");
         }
     }
 
     #[test]
     fn bom_is_ignored_and_not_forwarded() {
-        let (out, _) =
-            sanitize_bytes(b"\xEF\xBB\xBF{\"a\":1}", &policy(ToPolicy::Override)).unwrap();
+        let (out, _) = sanitize_bytes(b"\xEF\xBB\xBF{\"a\":1}", &edits(true)).unwrap();
         assert_eq!(&out[..], br#"{"a":1,"to":{"id":"queue-1"}}"#);
     }
 
@@ -373,14 +306,14 @@ mod tests {
     fn deep_nesting_is_refused_without_overflow() {
         let body = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(matches!(
-            sanitize_bytes(body.as_bytes(), &policy(ToPolicy::Override)),
-            Err(BodyError::Syntax(_))
+            sanitize_bytes(body.as_bytes(), &edits(true)),
+            Err(SanitizeError::Body(BodyError::Syntax(_)))
         ));
     }
 
     #[test]
     fn whitespace_around_the_object_is_fine() {
-        let (out, _) = run(" \n{\"a\" : 1}\r\n ", ToPolicy::Override);
+        let (out, _) = run(" \n{\"a\" : 1}\r\n ", true);
         assert_eq!(out, r#"{"a":1,"to":{"id":"queue-1"}}"#);
     }
 }

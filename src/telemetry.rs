@@ -119,6 +119,7 @@ where
         method = %request.method(),
         path = %request.uri().path(),
         route = tracing::field::Empty,
+        rule = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
     let mut response = tracing::Instrument::instrument(handler(request), span.clone()).await;

@@ -30,7 +30,7 @@ pub enum TlsError {
     #[error("server.tls.key_file: {0}")]
     Key(String),
     /// `upstream.ca_file` is missing, unreadable or holds no certificate.
-    #[error("upstream.ca_file: {0}")]
+    #[error("ca_file: {0}")]
     Ca(String),
     /// rustls refused the pair (for example a key that does not match).
     #[error("server.tls: {0}")]

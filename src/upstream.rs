@@ -36,9 +36,55 @@ pub struct UpstreamSettings {
     pub ca_file: Option<PathBuf>,
 }
 
-/// `[guest_messages.retry]`
+/// `[upstreams.NAME]`: another upstream a rule can send to. Settings left
+/// out are taken from `[upstream]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct NamedUpstreamSettings {
+    /// Base URL of this upstream.
+    pub base_url: String,
+    /// See `upstream.connect_timeout_ms`.
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// See `upstream.response_timeout_ms`.
+    #[serde(default)]
+    pub response_timeout_ms: Option<u64>,
+    /// See `upstream.pool_idle_timeout_secs`.
+    #[serde(default)]
+    pub pool_idle_timeout_secs: Option<u64>,
+    /// See `upstream.pool_max_idle_per_host`.
+    #[serde(default)]
+    pub pool_max_idle_per_host: Option<usize>,
+    /// See `upstream.ca_file`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl NamedUpstreamSettings {
+    /// The full settings of this upstream, `[upstream]` filling the gaps.
+    pub fn over(&self, default: &UpstreamSettings) -> UpstreamSettings {
+        UpstreamSettings {
+            base_url: self.base_url.clone(),
+            connect_timeout_ms: self
+                .connect_timeout_ms
+                .unwrap_or(default.connect_timeout_ms),
+            response_timeout_ms: self
+                .response_timeout_ms
+                .unwrap_or(default.response_timeout_ms),
+            pool_idle_timeout_secs: self
+                .pool_idle_timeout_secs
+                .unwrap_or(default.pool_idle_timeout_secs),
+            pool_max_idle_per_host: self
+                .pool_max_idle_per_host
+                .unwrap_or(default.pool_max_idle_per_host),
+            ca_file: self.ca_file.clone().or_else(|| default.ca_file.clone()),
+        }
+    }
+}
+
+/// `[guest_messages.retry]`, `[rules.retry]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {
     /// Tries in all, including the first; 1 disables retrying.
     pub attempts: u32,
@@ -49,6 +95,32 @@ pub struct RetrySettings {
     /// Upstream statuses that are retried (connect failures always are).
     #[serde(deserialize_with = "crate::de::status_list")]
     pub statuses: Vec<u16>,
+}
+
+impl Default for RetrySettings {
+    /// Off: one try. The other values apply once `attempts` is raised.
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            backoff_ms: 100,
+            max_backoff_ms: 2000,
+            statuses: vec![500, 502, 503, 504],
+        }
+    }
+}
+
+impl RetrySettings {
+    /// Adds a line per problem, each naming the setting under `prefix`.
+    pub fn check(&self, prefix: &str, problems: &mut Vec<String>) {
+        if !(1..=10).contains(&self.attempts) {
+            problems.push(format!(
+                "{prefix}.attempts: must be between 1 (no retry) and 10"
+            ));
+        }
+        if let Some(bad) = self.statuses.iter().find(|s| !(100..=599).contains(*s)) {
+            problems.push(format!("{prefix}.statuses: {bad} is not an HTTP status"));
+        }
+    }
 }
 
 /// The upstream base URL, split for request building.

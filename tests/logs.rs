@@ -691,29 +691,36 @@ fn upstream_failures_are_logged_with_the_request() {
 }
 
 #[test]
-fn sanitized_messages_log_the_names_of_the_changed_fields() {
+fn edited_bodies_log_the_rule_and_the_pointers_changed() {
     let lines = lines();
     let mut failures = Vec::new();
     for request_id in ["logs-intercepted", "logs-tls-h2"] {
         let ours = of_request(&lines, request_id);
-        let sanitized: Vec<&&Line> = ours
-            .iter()
-            .filter(|l| l.says("guest message sanitized"))
-            .collect();
-        let [line] = sanitized.as_slice() else {
+        let edited: Vec<&&Line> = ours.iter().filter(|l| l.says("body edited")).collect();
+        let [line] = edited.as_slice() else {
             failures.push(format!(
-                "{request_id}: expected one \"guest message sanitized\" line, found {}; the request's lines:\n{}",
-                sanitized.len(),
+                "{request_id}: expected one \"body edited\" line, found {}; the request's lines:\n{}",
+                edited.len(),
                 show(&ours)
             ));
             continue;
         };
-        // `id` was stripped, `to` was injected (the body had none).
-        if line.get("stripped") != Some(r#"["id"]"#) || line.get("to") != Some("injected") {
+        // `id` was removed, `to` was injected (the body had none).
+        let got = (
+            line.get("rule"),
+            line.get("removed"),
+            line.get("injected"),
+            line.get("overridden"),
+        );
+        let want = (
+            Some("guest_messages"),
+            Some(r#"["/id"]"#),
+            Some(r#"["/to"]"#),
+            Some("[]"),
+        );
+        if got != want {
             failures.push(format!(
-                "{request_id}: expected stripped=[\"id\"] and to=injected, got stripped={:?} to={:?}:\n  {}\n",
-                line.get("stripped"),
-                line.get("to"),
+                "{request_id}: expected (rule, removed, injected, overridden) {want:?}, got {got:?}:\n  {}\n",
                 line.raw
             ));
         }

@@ -1,6 +1,7 @@
 //! Property tests (proptest) of the two pure parts of the security boundary.
 //!
-//! Sanitizer: for any JSON object and either `to` policy, the output has no
+//! Sanitizer (the `[guest_messages]` edits; `edit_properties.rs` covers
+//! pointer edits in general): for any JSON object and either `to` policy, the output has no
 //! stripped top-level field, the configured `to` (or the client's, under
 //! `if_missing`), and every other field byte for byte in its original order;
 //! and sanitizing is idempotent.
@@ -12,9 +13,10 @@
 //! `;parameters` before resolving dot segments routes the canonical form the
 //! same way guestgate matched it.
 
+use guestgate::edit::{Changes, Edits, Op};
 use guestgate::routing::{CanonicalPath, PathError, RouteTemplate};
-use guestgate::sanitize::ToPolicy;
-use guestgate::sanitize::{Policy, ToChange, sanitize_bytes};
+use guestgate::rules::{ToPolicy, shorthand_edits};
+use guestgate::sanitize::sanitize_bytes;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Map, Number, Value, json};
@@ -129,7 +131,7 @@ fn object() -> impl Strategy<Value = Map<String, Value>> {
 
 // ------------------------------------------------------------------ policies
 
-/// A policy and the settings it was built from (Policy keeps them private).
+/// `[guest_messages]` settings and the edits they stand for.
 #[derive(Debug, Clone)]
 struct Setup {
     strip: Vec<String>,
@@ -138,9 +140,28 @@ struct Setup {
 }
 
 impl Setup {
-    fn policy(&self) -> Policy {
-        Policy::new(self.strip.clone(), self.to.clone(), self.to_policy)
+    fn policy(&self) -> Edits {
+        shorthand_edits(&self.strip, self.to.clone(), self.to_policy).unwrap()
     }
+}
+
+/// The top-level fields a change list says were removed, in order.
+fn stripped(changes: &Changes) -> Vec<String> {
+    changes
+        .edits
+        .iter()
+        .filter(|c| c.op == Op::Removed)
+        .map(|c| c.pointer[1..].to_owned())
+        .collect()
+}
+
+/// What a change list says happened to `to`.
+fn to_op(changes: &Changes) -> Option<Op> {
+    changes
+        .edits
+        .iter()
+        .find(|c| &*c.pointer == "/to")
+        .map(|c| c.op)
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
@@ -226,13 +247,13 @@ proptest! {
             .filter(|k| input.contains_key(*k))
             .cloned()
             .collect();
-        prop_assert_eq!(&changes.stripped, &stripped);
+        prop_assert_eq!(self::stripped(&changes), stripped);
         let to_change = match (input.get("to"), setup.to_policy) {
-            (None, _) => ToChange::Injected,
-            (Some(client), ToPolicy::Override) if *client != setup.to => ToChange::Overridden,
-            _ => ToChange::Kept,
+            (None, _) => Op::Injected,
+            (Some(client), ToPolicy::Override) if *client != setup.to => Op::Overridden,
+            _ => Op::Kept,
         };
-        prop_assert_eq!(changes.to, to_change);
+        prop_assert_eq!(to_op(&changes), Some(to_change));
 
         // Idempotent: the output is already what would be forwarded.
         let (again, changes_again) = sanitize_bytes(&out, &policy).unwrap();
@@ -255,7 +276,7 @@ proptest! {
     #[test]
     fn non_objects_are_refused(value in value().prop_filter("not an object", |v| !v.is_object())) {
         let bytes = serde_json::to_vec(&value).unwrap();
-        let policy = Policy::new(vec!["id".into()], json!({"id": "q"}), ToPolicy::Override);
+        let policy = shorthand_edits(&["id".into()], json!({"id": "q"}), ToPolicy::Override).unwrap();
         prop_assert!(sanitize_bytes(&bytes, &policy).is_err());
     }
 }
