@@ -333,3 +333,134 @@ pub fn client_tls_trusting(
         .with_root_certificates(roots)
         .with_no_client_auth()
 }
+
+/// A port that was free a moment ago (for the real binary, which is given
+/// its addresses in its configuration).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `guestgate` binary, run with a configuration file; killed when
+/// dropped. Its stdout (the log, as JSON lines) is kept for assertions.
+pub struct Binary {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Binary {
+    /// Starts the binary with `config` as its `--config` file, listening and
+    /// serving admin on free loopback ports, sending to `upstream` unless
+    /// `env` says otherwise; returns once it accepts connections.
+    pub async fn start(config: &str, upstream: &RecordingUpstream, env: &[(&str, &str)]) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("guestgate-bin-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("guestgate.toml");
+        std::fs::write(&file, config).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.join("stdout.log")).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_guestgate"));
+        command
+            .arg("--config")
+            .arg(&file)
+            .env_remove("RUST_LOG")
+            .env("GUESTGATE__SERVER__LISTEN", addr.to_string())
+            .env("GUESTGATE__ADMIN__LISTEN", admin.to_string())
+            .env("GUESTGATE__ADMIN__CONFIG_WATCH_INTERVAL_SECS", "0")
+            .env("GUESTGATE__LOG__FORMAT", "json")
+            .env(
+                "GUESTGATE__UPSTREAM__BASE_URL",
+                format!("http://{}", upstream.addr),
+            )
+            .stdout(log)
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        for _ in 0..200 {
+            if TcpStream::connect(addr).await.is_ok() {
+                return Self {
+                    addr,
+                    admin,
+                    child,
+                    dir,
+                };
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                panic!("guestgate exited with {status}:\n{stderr}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("guestgate did not listen on {addr}");
+    }
+
+    /// The log lines written so far, parsed.
+    pub fn log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("stdout.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The raw log text written so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    /// `GET /metrics` from the admin listener.
+    pub async fn metrics(&self) -> String {
+        raw(
+            self.admin,
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .body_str()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `guestgate check` on `config` (as its `--config` file) and returns
+/// whether it passed, its stdout and its stderr.
+pub fn check(config: &str) -> (bool, String, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "guestgate-check-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("guestgate.toml");
+    std::fs::write(&file, config).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_guestgate"))
+        .arg("--config")
+        .arg(&file)
+        .arg("check")
+        .env_remove("GUESTGATE__GUEST_MESSAGES__TO__ID")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
