@@ -226,7 +226,7 @@ main() {
     bash -c "! readelf -dW '$WORK/bin/guestgate' | grep -q NEEDED"
 
   # ------------------------------------------------------------ image
-  # The command the README documents. --format docker keeps HEALTHCHECK (the
+  # The command docs/container.md documents. --format docker keeps HEALTHCHECK (the
   # OCI image format has no field for it); --timestamp 0 makes the layers
   # reproducible; --no-cache because buildah's layer cache ignores
   # --timestamp (a cached layer from an earlier build would come back).

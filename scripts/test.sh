@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every guestgate test suite. This is the README's test command and what
 # CI runs. Suites that need system packages install them first when missing
-# (Debian, as root). Each suite can also run alone; see the README's "Tests".
+# (Debian, as root). Each suite can also run alone; see docs/tests.md.
 #
 #   bash scripts/test.sh            # everything
 #   FUZZ_SECONDS=10 bash scripts/test.sh   # shorter fuzzing

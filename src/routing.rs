@@ -4,7 +4,7 @@
 //! a client could dodge the sanitizer with `//`, `%2e%2e`, `;x` or `MESSAGES`
 //! while the upstream still routes the request to the same handler. Every
 //! request path is therefore reduced to one canonical form (RFC 3986 section 6
-//! normalization plus a few rules of our own, documented in the README), the
+//! normalization plus a few rules of our own, documented in docs/security.md), the
 //! route is matched on that form, and the upstream receives exactly that form.
 
 use std::fmt::Write;

@@ -184,7 +184,7 @@ fn setup() -> impl Strategy<Value = Setup> {
         })
 }
 
-/// What the README promises: stripped fields gone, `to` set (in place when the
+/// What docs/security.md promises: stripped fields gone, `to` set (in place when the
 /// client sent one, appended otherwise), everything else as it was.
 fn expected(input: &Map<String, Value>, setup: &Setup) -> Map<String, Value> {
     let mut out = Map::new();
