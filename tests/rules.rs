@@ -578,3 +578,37 @@ async fn every_preset_loads_and_edits_what_its_clients_send() {
         .assert_problem(400);
     assert_eq!(upstream.only().body.len(), 0);
 }
+
+#[tokio::test]
+async fn encodings_and_size_limits_apply_on_every_rule() {
+    use std::io::Write;
+    let upstream = RecordingUpstream::start().await;
+    let proxy = Binary::start(
+        RULES,
+        &upstream,
+        &[("GUESTGATE__SERVER__MAX_BODY_BYTES", "1024")],
+    )
+    .await;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(br#"{"body":"hi","bodyType":"standard","pad":"x"}"#)
+        .unwrap();
+    let response = raw(
+        proxy.addr,
+        &post(SEND, "Content-Encoding: gzip\r\n", &gzip.finish().unwrap()),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body_str());
+    let got = upstream.only();
+    assert_eq!(
+        got.body_str(),
+        r#"{"body":"hi","bodyType":"standard","pad":"x"}"#
+    );
+    assert_eq!(got.header("content-encoding"), None);
+    let big = format!(r#"{{"body":"{}"}}"#, "x".repeat(2000));
+    let response = raw(proxy.addr, &post(SEND, "", big.as_bytes())).await;
+    let problem = response.assert_problem(413);
+    assert_eq!(problem["rule"], "webchat-send");
+    let response = raw(proxy.addr, &post(SEND, "Content-Encoding: zstd\r\n", b"{}")).await;
+    response.assert_problem(415);
+    assert_eq!(upstream.count(), 1);
+}
