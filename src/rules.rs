@@ -393,77 +393,91 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn compile_rule(
-    settings: &RuleSettings,
-    at: &str,
-    upstreams: &[String],
-    problems: &mut Vec<String>,
-) -> Option<Rule> {
-    let before = problems.len();
-    if !valid_name(&settings.name) {
+/// The edit settings a rule has, HTTP or WebSocket.
+pub struct EditSettings<'a> {
+    /// `remove`
+    pub remove: &'a [String],
+    /// `require`
+    pub require: &'a [String],
+    /// `set`
+    pub set: &'a BTreeMap<String, Value>,
+    /// `set_if_missing`
+    pub set_if_missing: &'a BTreeMap<String, Value>,
+    /// `allow`
+    pub allow: &'a BTreeMap<String, Vec<Value>>,
+}
+
+/// Checks a rule's name (`{at}.name`).
+pub fn check_name(at: &str, name: &str, problems: &mut Vec<String>) {
+    if !valid_name(name) {
         problems.push(format!(
-            "{at}.name: {:?} must be 1 to 64 of a-z, 0-9, _ and -",
-            settings.name
+            "{at}.name: {name:?} must be 1 to 64 of a-z, 0-9, _ and -"
         ));
     }
-    if settings.methods.is_empty() {
-        problems.push(format!("{at}.methods: must list at least one method"));
+}
+
+/// The index of a rule's upstream among `upstreams` (`[upstream]` first).
+pub fn upstream_index(
+    at: &str,
+    name: Option<&str>,
+    upstreams: &[String],
+    problems: &mut Vec<String>,
+) -> Option<usize> {
+    let Some(name) = name else {
+        return Some(0);
+    };
+    let found = upstreams.iter().skip(1).position(|u| u == name);
+    if found.is_none() {
+        problems.push(format!(
+            "{at}.upstream: {name:?} is not defined; add [upstreams.{name}] with a base_url"
+        ));
     }
-    for method in &settings.methods {
-        if Method::from_bytes(method.as_bytes()).is_err() {
-            problems.push(format!("{at}.methods: {method:?} is not a method"));
-        }
-    }
-    let route = RouteTemplate::parse(&settings.path)
-        .map_err(|e| problems.push(format!("{at}.path: {e}")))
-        .ok();
-    let upstream = match &settings.upstream {
-        None => Some(0),
-        Some(name) => {
-            let found = upstreams.iter().skip(1).position(|u| u == name);
-            if found.is_none() {
-                problems.push(format!(
-                    "{at}.upstream: {name:?} is not defined; add [upstreams.{name}] with a base_url"
-                ));
-            }
-            found.map(|i| i + 1)
-        }
+    found.map(|i| i + 1)
+}
+
+/// Parses one configured pointer (`{at}.{field}."/a/b": …` on error).
+pub fn pointer(at: &str, field: &str, text: &str, problems: &mut Vec<String>) -> Option<Pointer> {
+    Pointer::parse(text)
+        .map_err(|e| problems.push(format!("{at}.{field}.{text:?}: {e}")))
+        .ok()
+}
+
+fn pointer_values(
+    at: &str,
+    field: &str,
+    map: &BTreeMap<String, Value>,
+    problems: &mut Vec<String>,
+) -> Vec<(Pointer, Value)> {
+    map.iter()
+        .filter_map(|(p, v)| Some((pointer(at, field, p, problems)?, v.clone())))
+        .collect()
+}
+
+/// Compiles a rule's edit settings, adding one line per problem.
+pub fn compile_edits(at: &str, settings: EditSettings<'_>, problems: &mut Vec<String>) -> Edits {
+    let list = |field: &str, texts: &[String], problems: &mut Vec<String>| -> Vec<Pointer> {
+        texts
+            .iter()
+            .filter_map(|p| pointer(at, field, p, problems))
+            .collect()
     };
-    let pointer = |field: &str, text: &str, problems: &mut Vec<String>| {
-        Pointer::parse(text)
-            .map_err(|e| problems.push(format!("{at}.{field}.{text:?}: {e}")))
-            .ok()
-    };
-    let remove: Vec<Pointer> = settings
-        .remove
-        .iter()
-        .filter_map(|p| pointer("remove", p, problems))
-        .collect();
-    let require: Vec<Pointer> = settings
-        .require
-        .iter()
-        .filter_map(|p| pointer("require", p, problems))
-        .collect();
-    let pairs = |field: &str, map: &BTreeMap<String, Value>, problems: &mut Vec<String>| {
-        map.iter()
-            .filter_map(|(p, v)| Some((pointer(field, p, problems)?, v.clone())))
-            .collect::<Vec<_>>()
-    };
-    let set = pairs("set", &settings.set, problems);
-    let set_if_missing = pairs("set_if_missing", &settings.set_if_missing, problems);
+    let remove = list("remove", settings.remove, problems);
+    let require = list("require", settings.require, problems);
+    let set = pointer_values(at, "set", settings.set, problems);
+    let set_if_missing = pointer_values(at, "set_if_missing", settings.set_if_missing, problems);
     let mut allow = Vec::new();
-    for (text, values) in &settings.allow {
+    for (text, values) in settings.allow {
         if values.is_empty() {
             problems.push(format!("{at}.allow.{text:?}: must list at least one value"));
         }
-        if let Some(p) = pointer("allow", text, problems) {
+        if let Some(p) = pointer(at, "allow", text, problems) {
             allow.push((p, values.clone()));
         }
     }
-    for text in &settings.remove {
+    for text in settings.remove {
         for (field, map) in [
-            ("set", &settings.set),
-            ("set_if_missing", &settings.set_if_missing),
+            ("set", settings.set),
+            ("set_if_missing", settings.set_if_missing),
         ] {
             if map.contains_key(text) {
                 problems.push(format!(
@@ -479,6 +493,46 @@ fn compile_rule(
             ));
         }
     }
+    Edits {
+        remove,
+        set_if_missing,
+        set,
+        allow,
+        require,
+    }
+}
+
+fn compile_rule(
+    settings: &RuleSettings,
+    at: &str,
+    upstreams: &[String],
+    problems: &mut Vec<String>,
+) -> Option<Rule> {
+    let before = problems.len();
+    check_name(at, &settings.name, problems);
+    if settings.methods.is_empty() {
+        problems.push(format!("{at}.methods: must list at least one method"));
+    }
+    for method in &settings.methods {
+        if Method::from_bytes(method.as_bytes()).is_err() {
+            problems.push(format!("{at}.methods: {method:?} is not a method"));
+        }
+    }
+    let route = RouteTemplate::parse(&settings.path)
+        .map_err(|e| problems.push(format!("{at}.path: {e}")))
+        .ok();
+    let upstream = upstream_index(at, settings.upstream.as_deref(), upstreams, problems);
+    let edits = compile_edits(
+        at,
+        EditSettings {
+            remove: &settings.remove,
+            require: &settings.require,
+            set: &settings.set,
+            set_if_missing: &settings.set_if_missing,
+            allow: &settings.allow,
+        },
+        problems,
+    );
     settings.retry.check(&format!("{at}.retry"), problems);
     let has_edits = !(settings.remove.is_empty()
         && settings.require.is_empty()
@@ -491,13 +545,6 @@ fn compile_rule(
             "{at}.body: \"empty\" takes no remove, require, set, set_if_missing, allow or set_by_origin"
         ));
     }
-    let edits = Edits {
-        remove,
-        set_if_missing,
-        set,
-        allow,
-        require,
-    };
     let mut edits_by_origin = HashMap::new();
     for (origin, overrides) in &settings.set_by_origin {
         let field = format!("set_by_origin.{origin:?}");
@@ -513,7 +560,7 @@ fn compile_rule(
                 ));
             }
         }
-        let set = pairs(&field, &set, problems);
+        let set = pointer_values(at, &field, &set, problems);
         edits_by_origin.insert(
             origin_key(origin),
             Edits {
