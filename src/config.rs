@@ -20,6 +20,7 @@ use crate::rules::{GuestMessagesSettings, RuleSettings, RuleTable};
 use crate::telemetry::LogSettings;
 use crate::tls::TlsSettings;
 use crate::upstream::{BaseUrl, NamedUpstreamSettings, UpstreamSettings, parse_base_url};
+use crate::websocket::{MessageRules, WebSocketRuleSettings, WebSocketSettings};
 
 /// The defaults shipped with the binary, so a container needs no file.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -43,6 +44,11 @@ pub struct Settings {
     /// Intercepted routes and their body edits, in match order.
     #[serde(default)]
     pub rules: Vec<RuleSettings>,
+    /// Limits of inspected WebSockets.
+    pub websocket: WebSocketSettings,
+    /// WebSocket message rules, by upgrade path.
+    #[serde(default)]
+    pub websocket_rules: Vec<WebSocketRuleSettings>,
     /// Health and metrics listener.
     pub admin: AdminSettings,
     /// Logging.
@@ -132,6 +138,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamTarget>,
     /// The rules in match order (`[guest_messages]` first).
     pub rules: RuleTable,
+    /// WebSocket message rules, by upgrade path.
+    pub websocket: MessageRules,
     /// Parsed `[cors]` origins; empty when CORS is off.
     pub cors_origins: Vec<crate::cors::OriginPattern>,
     /// Loaded `[server.tls]` certificate and key.
@@ -205,8 +213,27 @@ impl Config {
             &settings.guest_messages,
             &settings.rules,
             &names,
+            !settings.websocket_rules.is_empty(),
             &mut problems,
         );
+        let websocket = crate::websocket::compile(
+            &settings.websocket,
+            &settings.websocket_rules,
+            &names,
+            &mut problems,
+        );
+        if !settings.websocket_rules.is_empty()
+            && !settings
+                .server
+                .upgrade_protocols
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case("websocket"))
+        {
+            problems.push(
+                "websocket_rules: server.upgrade_protocols must list websocket for them to apply"
+                    .into(),
+            );
+        }
         for (name, value) in [
             (
                 "server.max_body_bytes",
@@ -265,6 +292,7 @@ impl Config {
                 admin_listen,
                 upstreams,
                 rules,
+                websocket,
                 cors_origins,
                 tls,
             }),
@@ -306,6 +334,11 @@ impl Config {
         }
         if self.rules.rules().is_empty() {
             out.push_str("#   (none: every request passes through)\n");
+        }
+        for line in self.websocket.describe(&names).lines() {
+            out.push_str("#   ");
+            out.push_str(line);
+            out.push('\n');
         }
         out.push('\n');
         if let Some(table) = to_toml(value) {

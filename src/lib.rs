@@ -26,6 +26,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod websocket;
 
 pub use config::Config;
 pub use server::{Running, start, start_with_source};

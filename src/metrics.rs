@@ -52,6 +52,11 @@ struct RuleActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectedLabels {
     rule: Shared,
     reason: &'static str,
@@ -97,6 +102,8 @@ pub struct Metrics {
     upstream_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     total_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     retries: Counter,
+    websocket_messages: Family<RuleActionLabels, Counter>,
+    websocket_closes: Family<CodeLabel, Counter>,
     open_connections: Gauge,
     upgrades: Counter,
     open_upgrades: Gauge,
@@ -169,6 +176,18 @@ impl Metrics {
             "Retries of the intercepted route (guest_messages.retry)",
             retries.clone(),
         );
+        let websocket_messages = Family::default();
+        registry.register(
+            "websocket_messages",
+            "Client messages on inspected WebSocket paths, by rule (empty when none matched) and action (relayed, edited, refused)",
+            websocket_messages.clone(),
+        );
+        let websocket_closes = Family::default();
+        registry.register(
+            "websocket_closes",
+            "Inspected WebSocket connections closed by guestgate, by close code",
+            websocket_closes.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -205,6 +224,8 @@ impl Metrics {
             upstream_latency,
             total_latency,
             retries,
+            websocket_messages,
+            websocket_closes,
             open_connections,
             upgrades,
             open_upgrades,
@@ -295,6 +316,23 @@ impl Metrics {
                 rule: self.rule_label(rule),
                 reason,
             })
+            .inc();
+    }
+
+    /// Counts one client message on an inspected WebSocket.
+    pub fn websocket_message(&self, rule: Option<&Arc<str>>, action: &'static str) {
+        self.websocket_messages
+            .get_or_create(&RuleActionLabels {
+                rule: self.rule_label(rule),
+                action,
+            })
+            .inc();
+    }
+
+    /// Counts an inspected WebSocket closed by guestgate with `code`.
+    pub fn websocket_close(&self, code: u16) {
+        self.websocket_closes
+            .get_or_create(&CodeLabel { code })
             .inc();
     }
 

@@ -18,6 +18,7 @@ use crate::headers;
 use crate::intercept;
 use crate::routing::{CanonicalPath, PathError, RouteKind};
 use crate::upgrade;
+use crate::websocket::{self, MessageRoute};
 
 /// What became of one request: the route it took and either the response
 /// to relay or the error the proxy answers with.
@@ -92,7 +93,10 @@ async fn serve(generation: &Arc<Generation>, request: Request, client: ClientInf
             ))
             .await,
         },
-        None => pass_through(forward(generation, request, client, path.as_path()).await),
+        None => {
+            let inspected = generation.config.websocket.lookup(&path).cloned();
+            pass_through(forward(generation, request, client, path.as_path(), inspected).await)
+        }
     }
 }
 
@@ -138,16 +142,23 @@ fn check_target(request: &Request) -> Result<(), ProxyError> {
 
 /// Streams any other request to the upstream and the response back, untouched
 /// but for hop-by-hop headers and the canonical path. An upgrade request
-/// answered with 101 becomes a tunnel.
+/// answered with 101 becomes a tunnel: spliced blindly, or, on a path with
+/// WebSocket rules (`inspected`), message by message.
 async fn forward(
     generation: &Generation,
     mut request: Request,
     client: ClientInfo,
     path: &str,
+    inspected: Option<Arc<MessageRoute>>,
 ) -> Result<Response, ProxyError> {
     let protocols = &generation.config.settings.server.upgrade_protocols;
-    let asked = upgrade::upgrade_request(request.headers(), request.version(), protocols);
+    let asked = upgrade::upgrade_request(request.headers(), request.version(), protocols)
+        // On a path with WebSocket rules only WebSocket becomes a tunnel.
+        .filter(|names| {
+            inspected.is_none() || names.iter().all(|n| n.eq_ignore_ascii_case("websocket"))
+        });
     let upgrade = asked.is_some();
+    let inspected = inspected.filter(|_| upgrade);
     let client_upgrade = upgrade
         .then(|| {
             request
@@ -160,11 +171,15 @@ async fn forward(
         .then(|| request.extensions_mut().remove::<Lease>())
         .flatten();
     let host = headers::original_host(&request);
-    let upstream = &generation.upstreams[0];
+    let upstream = &generation.upstreams[inspected.as_ref().map_or(0, |r| r.upstream)];
     let uri = upstream.uri_for(path, request.uri().query());
     let (parts, body) = request.into_parts();
     let mut headers = parts.headers;
     headers::prepare_headers(&mut headers, client, host, upgrade);
+    if inspected.is_some() {
+        // Compressed frames could not be inspected: no permessage-deflate.
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
     let mut outgoing = http::Request::new(body);
     *outgoing.method_mut() = parts.method;
     *outgoing.uri_mut() = uri;
@@ -184,18 +199,41 @@ async fn forward(
         // A switch nobody asked for, or to another protocol, is not relayed.
         let asked = asked.unwrap_or_default();
         match client_upgrade.filter(|_| upgrade::upgrades_to(response.headers(), &asked)) {
+            Some(_)
+                if inspected.is_some()
+                    && response
+                        .headers()
+                        .contains_key(header::SEC_WEBSOCKET_EXTENSIONS) =>
+            {
+                tracing::warn!(
+                    "upstream negotiated a WebSocket extension nobody asked for; not relayed"
+                );
+                return Err(ProxyError::UpstreamFailed);
+            }
             Some(client_upgrade) => {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
                 let idle = Duration::from_secs(
                     generation.config.settings.server.upgrade_idle_timeout_secs,
                 );
-                upgrade::splice_upgrade(
-                    client_upgrade,
-                    upstream_upgrade,
-                    idle,
-                    generation.metrics.upgrade(),
-                    lease,
-                );
+                let guard = generation.metrics.upgrade();
+                match inspected {
+                    Some(route) => websocket::inspect(
+                        client_upgrade,
+                        upstream_upgrade,
+                        route,
+                        idle,
+                        generation.metrics.clone(),
+                        guard,
+                        lease,
+                    ),
+                    None => upgrade::splice_upgrade(
+                        client_upgrade,
+                        upstream_upgrade,
+                        idle,
+                        guard,
+                        lease,
+                    ),
+                }
             }
             None => {
                 tracing::warn!("upstream switched protocols unasked; not relayed");

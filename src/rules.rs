@@ -240,16 +240,19 @@ impl RuleTable {
 
 /// Compiles the shorthand and `[[rules]]` into the table, adding one line
 /// per problem, each naming the setting (`rules[2].set."/a/b": …`).
-/// `upstreams` are the configured upstream names, `[upstream]` first.
+/// `upstreams` are the configured upstream names, `[upstream]` first;
+/// `other_rules` says whether WebSocket rules exist (then, as with
+/// `[[rules]]`, `guest_messages.to` may be left out).
 pub fn compile(
     guest: &GuestMessagesSettings,
     rules: &[RuleSettings],
     upstreams: &[String],
+    other_rules: bool,
     problems: &mut Vec<String>,
 ) -> RuleTable {
     let mut table = RuleTable::default();
     let mut labels: Vec<String> = Vec::new();
-    if let Some(rule) = shorthand(guest, !rules.is_empty(), problems) {
+    if let Some(rule) = shorthand(guest, other_rules || !rules.is_empty(), problems) {
         table.rules.push(Arc::new(rule));
         labels.push("guest_messages".into());
     }

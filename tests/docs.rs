@@ -298,6 +298,12 @@ fn defaults() -> BTreeMap<String, Value> {
     let mut upstream = serde_json::to_value(upstream).unwrap();
     upstream["base_url"] = Value::Null;
     flatten("upstreams.<name>", &upstream, &mut out);
+    let ws: guestgate::websocket::WebSocketRuleSettings =
+        serde_json::from_value(serde_json::json!({"name": "r", "path": "/p"})).unwrap();
+    let mut ws = serde_json::to_value(ws).unwrap();
+    ws["name"] = Value::Null;
+    ws["path"] = Value::Null;
+    flatten("websocket_rules[]", &ws, &mut out);
     out
 }
 
@@ -454,7 +460,7 @@ fn metric_problems(doc: &str, exported: &BTreeSet<String>) -> Vec<String> {
 async fn busy_proxy(
     dir: &Path,
     upstream: &common::RecordingUpstream,
-    upgrades: &common::RecordingUpstream,
+    upgrades: std::net::SocketAddr,
 ) -> guestgate::Running {
     let file = dir.join("guestgate.toml");
     std::fs::write(
@@ -462,8 +468,9 @@ async fn busy_proxy(
         format!(
             "[guest_messages]\nto = {{ id = \"q\" }}\n[upstreams.ws]\nbase_url = \"http://{}\"\n\
              [[rules]]\nname = \"watch\"\npath = \"/watch\"\nreport_only = true\nremove = [\"/id\"]\n\
-             [rules.retry]\nattempts = 2\nbackoff_ms = 1\nstatuses = [200]\n",
-            upgrades.addr
+             [rules.retry]\nattempts = 2\nbackoff_ms = 1\nstatuses = [200]\n\
+             [[websocket_rules]]\nname = \"ws\"\npath = \"/ws\"\nupstream = \"ws\"\n",
+            upgrades
         ),
     )
     .unwrap();
@@ -486,6 +493,21 @@ async fn busy_proxy(
     common::raw(proxy.addr, &post(common::ROUTE, b"{\"id\":1}")).await;
     common::raw(proxy.addr, &post(common::ROUTE, b"[]")).await;
     common::raw(proxy.addr, &post("/watch", b"{\"id\":1}")).await;
+    // An inspected WebSocket: a text frame that is not JSON (masked with a
+    // zero key, so the payload is as written) closes it with 1008.
+    let mut ws = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ws.write_all(&common::websocket_upgrade("/ws"))
+        .await
+        .unwrap();
+    let head = common::read_response(&mut ws).await;
+    assert_eq!(head.status, 101, "{}", head.head);
+    ws.write_all(&[0x81, 0x83, 0, 0, 0, 0, b'n', b'o', b'!'])
+        .await
+        .unwrap();
+    let mut close = [0u8; 2];
+    ws.read_exact(&mut close).await.unwrap();
+    assert_eq!(close[0], 0x88, "a close frame");
     proxy.reload().unwrap();
     proxy
 }
@@ -493,18 +515,21 @@ async fn busy_proxy(
 #[tokio::test]
 async fn every_exported_metric_is_documented() {
     let upstream = common::RecordingUpstream::start().await;
-    let upgrades = common::RecordingUpstream::start_with(|_| {
-        http::Response::builder()
-            .status(101)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap()
-    })
-    .await;
+    // A WebSocket upstream that reads until its peer closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upgrades = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await {
+                    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut ws).await {}
+                }
+            });
+        }
+    });
     let dir = std::env::temp_dir().join(format!("guestgate-docs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let proxy = busy_proxy(&dir, &upstream, &upgrades).await;
+    let proxy = busy_proxy(&dir, &upstream, upgrades).await;
     let exported = exported_metrics(&proxy.metrics());
     let _ = std::fs::remove_dir_all(&dir);
     for family in [
@@ -514,6 +539,8 @@ async fn every_exported_metric_is_documented() {
         "guestgate_report_only_would_change_total",
         "guestgate_config_reloads_total",
         "guestgate_upstream_retries_total",
+        "guestgate_websocket_messages_total",
+        "guestgate_websocket_closes_total",
     ] {
         assert!(exported.contains(family), "{family} in {exported:?}");
     }
