@@ -52,7 +52,7 @@ http {{
 """
 
 SHORTHAND = """[guest_messages]
-to = {{ id = "bench-queue-0001" }}
+to = { id = "bench-queue-0001" }
 """
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Fuzzes the sanitizer and the path canonicalizer for SECONDS each (default
-# 60) with cargo-fuzz (libFuzzer), starting from the checked-in seeds in
-# fuzz/seeds/<target>/ (copied to a temporary corpus, so runs leave no corpus
-# behind). The two targets run side by side, one core each.
+# Fuzzes the sanitizer, the path canonicalizer and the body edits for SECONDS
+# each (default 60) with cargo-fuzz (libFuzzer), starting from the checked-in
+# seeds in fuzz/seeds/<target>/ (copied to a temporary corpus, so runs leave
+# no corpus behind). The targets run side by side, one process each.
 #
 #   bash fuzz/run.sh        # 60 s per target
 #   bash fuzz/run.sh 20     # 20 s per target
@@ -28,7 +28,7 @@ esac
 cd "$(dirname "$0")"
 FUZZ_DIR=$(pwd)
 ROOT=$(cd .. && pwd)
-TARGETS=(sanitize canonical_path)
+TARGETS=(sanitize canonical_path edits)
 
 export PATH="$HOME/.cargo/bin:$PATH"
 export RUSTC_BOOTSTRAP=1

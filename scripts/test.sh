@@ -58,7 +58,7 @@ bash scripts/install-test-deps.sh || { echo "installing test dependencies failed
 
 run_suite "format and lint" lint
 run_suite "unit, integration and property tests" cargo_tests
-run_suite "fuzzing (sanitizer, path canonicalizer)" bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
+run_suite "fuzzing (sanitizer, path canonicalizer, body edits)" bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
 run_suite "real clients (vendor SDKs, browser widget)" bash tests/clients/run.sh
 run_suite "shipping (container, manifests)" bash deploy/test.sh
 

@@ -41,7 +41,7 @@ pub enum PointerError {
     #[error("{0:?} is not an escape (only ~0 for '~' and ~1 for '/' are)")]
     BadEscape(String),
     /// `//` or a trailing `/`: it names the empty key, which is almost always a typo.
-    #[error("empty segment (a doubled or trailing '/')")]
+    #[error("empty segment: a doubled or trailing '/' names the empty key")]
     EmptySegment,
     /// `-`, which RFC 6901 reserves for the position after an array's last element.
     #[error("`-` (append) is not supported")]
@@ -96,6 +96,22 @@ impl Pointer {
                 (Token::Wildcard, _) | (_, Token::Wildcard) => true,
                 (a, b) => a == b,
             })
+    }
+
+    /// True when the pointers overlap, or when, before they first name
+    /// different keys, one has `*` where the other names a key: a write
+    /// through the second can then create a member the first's wildcard
+    /// enumerates (`/*/a` and `/x/b` on a body without `x`).
+    pub(crate) fn crosses(&self, other: &Pointer) -> bool {
+        for pair in self.tokens.iter().zip(&other.tokens) {
+            match pair {
+                (Token::Wildcard, Token::Wildcard) => {}
+                (Token::Wildcard, _) | (_, Token::Wildcard) => return true,
+                (a, b) if a == b => {}
+                _ => return false,
+            }
+        }
+        true
     }
 }
 
@@ -287,13 +303,18 @@ mod tests {
     }
 
     #[test]
-    fn overlap_is_segment_wise_with_wildcards() {
+    fn overlap_and_crossing_are_segment_wise() {
         let p = |t: &str| Pointer::parse(t).unwrap();
         assert!(p("/a").overlaps(&p("/a/b")));
         assert!(p("/a/b").overlaps(&p("/a")));
         assert!(p("/*/b").overlaps(&p("/a/*/c")));
         assert!(!p("/a/b").overlaps(&p("/a/c")));
         assert!(!p("/0").overlaps(&p("/00")));
+        assert!(p("/a").crosses(&p("/a/b")));
+        assert!(p("/*/a").crosses(&p("/x/b")));
+        assert!(p("/x/*/a").crosses(&p("/x/y/b")));
+        assert!(!p("/*/a").crosses(&p("/*/b")));
+        assert!(!p("/x/a/*").crosses(&p("/x/b/c")));
         assert!(p("/a/0").ends_in_index());
         assert!(!p("/a/01").ends_in_index());
         assert!(!p("/a/*").ends_in_index());
