@@ -561,3 +561,27 @@ async fn the_web_messaging_preset_loads_and_edits() {
         ]
     );
 }
+
+/// A reload applies to new connections; an open one keeps its rules.
+#[tokio::test]
+async fn reload_applies_to_new_connections() {
+    let upstream = MessagingUpstream::start().await;
+    let default = RecordingUpstream::start().await;
+    let first = config(&upstream, "");
+    let proxy = Binary::start(&first, &default, &[]).await;
+    let mut old = connect(&proxy).await;
+    proxy
+        .reload(&first.replace("dep-server", "dep-reloaded"))
+        .await;
+    let mut new = connect(&proxy).await;
+    old.send(session()).await.unwrap();
+    next_text(&mut old).await;
+    new.send(session()).await.unwrap();
+    next_text(&mut new).await;
+    let deployments: Vec<Value> = upstream
+        .texts()
+        .iter()
+        .map(|t| t["deploymentId"].clone())
+        .collect();
+    assert_eq!(deployments, [json!("dep-server"), json!("dep-reloaded")]);
+}

@@ -406,6 +406,25 @@ impl Binary {
         panic!("guestgate did not listen on {addr}");
     }
 
+    /// Replaces the configuration file and sends SIGHUP; returns once the
+    /// reload is logged.
+    pub async fn reload(&self, config: &str) {
+        std::fs::write(self.dir.join("guestgate.toml"), config).unwrap();
+        let before = self.log_text().matches("configuration reloaded").count();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..200 {
+            if self.log_text().matches("configuration reloaded").count() > before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no reload logged:\n{}", self.log_text());
+    }
+
     /// The log lines written so far, parsed.
     pub fn log(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.join("stdout.log"))
