@@ -273,15 +273,8 @@ fn walk<'a>(root: &'a Value, pointer: &Pointer) -> Walk<'a> {
         let mut next = Vec::new();
         for (path, node) in found {
             match (node, token) {
-                (Value::Object(map), Token::Wildcard) => {
-                    for (k, v) in map {
-                        next.push((extend(&path, Step::Key(k.clone())), v));
-                    }
-                }
-                (Value::Array(items), Token::Wildcard) => {
-                    for (i, v) in items.iter().enumerate() {
-                        next.push((extend(&path, Step::Index(i)), v));
-                    }
+                (Value::Object(_) | Value::Array(_), Token::Wildcard) => {
+                    push_children(&mut next, &path, node);
                 }
                 (Value::Object(map), Token::Name { key, .. }) => match map.get(key) {
                     Some(v) => next.push((extend(&path, Step::Key(key.clone())), v)),
@@ -297,6 +290,23 @@ fn walk<'a>(root: &'a Value, pointer: &Pointer) -> Walk<'a> {
         found = next;
     }
     Walk { found, complete }
+}
+
+/// Every member or element of a container, for `*`.
+fn push_children<'a>(next: &mut Vec<(Path, &'a Value)>, path: &[Step], node: &'a Value) {
+    match node {
+        Value::Object(map) => {
+            for (k, v) in map {
+                next.push((extend(path, Step::Key(k.clone())), v));
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                next.push((extend(path, Step::Index(i)), v));
+            }
+        }
+        _ => {}
+    }
 }
 
 fn extend(path: &[Step], step: Step) -> Path {
@@ -407,15 +417,8 @@ fn targets(root: &Value, pointer: &Pointer) -> Result<Vec<Target>, EditError> {
         let mut next = Vec::new();
         for (path, node) in frontier {
             match (node, token) {
-                (Value::Object(map), Token::Wildcard) => {
-                    for (k, v) in map {
-                        next.push((extend(&path, Step::Key(k.clone())), v));
-                    }
-                }
-                (Value::Array(items), Token::Wildcard) => {
-                    for (i, v) in items.iter().enumerate() {
-                        next.push((extend(&path, Step::Index(i)), v));
-                    }
+                (Value::Object(_) | Value::Array(_), Token::Wildcard) => {
+                    push_children(&mut next, &path, node);
                 }
                 (Value::Object(map), Token::Name { key, .. }) => match map.get(key) {
                     Some(v) => next.push((extend(&path, Step::Key(key.clone())), v)),

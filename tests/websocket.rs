@@ -380,6 +380,19 @@ async fn refused_messages_close_both_sides_with_the_problem_type() {
     assert!(!proxy.log_text().contains("SECRET"));
 }
 
+/// Sends `text` as a text frame of its first `at` bytes and a continuation.
+async fn send_in_two(
+    client: &mut Client,
+    text: &str,
+    at: usize,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let (a, b) = text.split_at(at);
+    let first = Frame::message(a.as_bytes().to_vec(), OpCode::Data(Data::Text), false);
+    client.send(Message::Frame(first)).await?;
+    let rest = Frame::message(b.as_bytes().to_vec(), OpCode::Data(Data::Continue), true);
+    client.send(Message::Frame(rest)).await
+}
+
 #[tokio::test]
 async fn fragments_are_reassembled_up_to_the_limit() {
     let upstream = MessagingUpstream::start().await;
@@ -388,23 +401,7 @@ async fn fragments_are_reassembled_up_to_the_limit() {
     let mut client = connect(&proxy).await;
     let text =
         r#"{"action":"onMessage","token":"t","message":{"type":"Text","text":"in two","id":"x"}}"#;
-    let (a, b) = text.split_at(20);
-    client
-        .send(Message::Frame(Frame::message(
-            a.as_bytes().to_vec(),
-            OpCode::Data(Data::Text),
-            false,
-        )))
-        .await
-        .unwrap();
-    client
-        .send(Message::Frame(Frame::message(
-            b.as_bytes().to_vec(),
-            OpCode::Data(Data::Continue),
-            true,
-        )))
-        .await
-        .unwrap();
+    send_in_two(&mut client, text, 20).await.unwrap();
     assert_eq!(next_text(&mut client).await["body"]["text"], "in two");
     assert_eq!(
         upstream.texts(),
@@ -415,22 +412,8 @@ async fn fragments_are_reassembled_up_to_the_limit() {
         r#"{{"action":"onMessage","token":"t","pad":"{}"}}"#,
         "x".repeat(1100)
     );
-    let (a, b) = big.split_at(600);
-    client
-        .send(Message::Frame(Frame::message(
-            a.as_bytes().to_vec(),
-            OpCode::Data(Data::Text),
-            false,
-        )))
-        .await
-        .unwrap();
-    let _ = client
-        .send(Message::Frame(Frame::message(
-            b.as_bytes().to_vec(),
-            OpCode::Data(Data::Continue),
-            true,
-        )))
-        .await;
+    // The second fragment may meet a closed connection.
+    let _ = send_in_two(&mut client, &big, 600).await;
     let frame = close_of(&mut client).await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 1009);
     assert_eq!(upstream.texts().len(), 1, "nothing of the large message");
