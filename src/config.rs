@@ -140,10 +140,25 @@ pub struct Config {
     pub rules: RuleTable,
     /// WebSocket message rules, by upgrade path.
     pub websocket: MessageRules,
+    /// Body and upgrade limits of the request path.
+    pub limits: RequestLimits,
     /// Parsed `[cors]` origins; empty when CORS is off.
     pub cors_origins: Vec<crate::cors::OriginPattern>,
     /// Loaded `[server.tls]` certificate and key.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The `[server]` values the request path reads, converted once.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// `server.max_body_bytes`
+    pub max_body_bytes: usize,
+    /// `server.body_read_timeout_ms`
+    pub body_read_timeout: Duration,
+    /// `server.upgrade_protocols`
+    pub upgrade_protocols: Vec<String>,
+    /// `server.upgrade_idle_timeout_secs`
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// One upstream, checked and ready to build a client for.
@@ -287,6 +302,14 @@ impl Config {
         });
         match listen {
             Some(listen) if problems.is_empty() => Ok(Self {
+                limits: RequestLimits {
+                    max_body_bytes: settings.server.max_body_bytes,
+                    body_read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
+                    upgrade_protocols: settings.server.upgrade_protocols.clone(),
+                    upgrade_idle_timeout: Duration::from_secs(
+                        settings.server.upgrade_idle_timeout_secs,
+                    ),
+                },
                 settings,
                 listen,
                 admin_listen,
@@ -303,11 +326,6 @@ impl Config {
     /// `server.header_read_timeout_ms` as a duration.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.settings.server.header_read_timeout_ms)
-    }
-
-    /// `server.body_read_timeout_ms` as a duration.
-    pub fn body_read_timeout(&self) -> Duration {
-        Duration::from_millis(self.settings.server.body_read_timeout_ms)
     }
 
     /// The effective settings as TOML, with secrets masked, for `guestgate check`.

@@ -62,7 +62,7 @@ pub async fn intercept(
         let body = read_limited(&generation, body, false).await?;
         return forward_edited(&generation, &rule, parts, client, body, &route_path).await;
     }
-    let limit = generation.config.settings.server.max_body_bytes;
+    let limit = generation.config.limits.max_body_bytes;
     // The compressed stream may not be larger than the decoded limit either.
     let request = request.map(|body| Body::new(Limited::new(body, limit)));
     // tower-http decodes; our errors come back out as the service's error.
@@ -91,8 +91,8 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let limit = generation.config.settings.server.max_body_bytes;
-    let timeout = generation.config.body_read_timeout();
+    let limit = generation.config.limits.max_body_bytes;
+    let timeout = generation.config.limits.body_read_timeout;
     let collect = Limited::new(body, limit).collect();
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(ProxyError::BodyTimeout(timeout.as_millis() as u64)),

@@ -4,7 +4,7 @@
 //! [`handle`] runs the stages and records their [`Outcome`] once.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::Request;
 use axum::response::Response;
@@ -151,7 +151,7 @@ async fn forward(
     path: &str,
     inspected: Option<Arc<MessageRoute>>,
 ) -> Result<Response, ProxyError> {
-    let protocols = &generation.config.settings.server.upgrade_protocols;
+    let protocols = &generation.config.limits.upgrade_protocols;
     let asked = upgrade::upgrade_request(request.headers(), request.version(), protocols)
         // On a path with WebSocket rules only WebSocket becomes a tunnel.
         .filter(|names| {
@@ -212,9 +212,7 @@ async fn forward(
             }
             Some(client_upgrade) => {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
-                let idle = Duration::from_secs(
-                    generation.config.settings.server.upgrade_idle_timeout_secs,
-                );
+                let idle = generation.config.limits.upgrade_idle_timeout;
                 let guard = generation.metrics.upgrade();
                 match inspected {
                     Some(route) => websocket::inspect(
