@@ -43,20 +43,44 @@ function tomlString(s) {
   return JSON.stringify(String(s)); // ASCII JSON strings are valid TOML basic strings
 }
 
+// A bare key stays bare; anything else (a JSON Pointer such as "/action") is quoted.
+function tomlKey(k) {
+  return /^[A-Za-z0-9_-]+$/.test(k) ? k : tomlString(k);
+}
+
 function tomlValue(v) {
   if (Array.isArray(v)) return `[${v.map(tomlValue).join(', ')}]`;
   if (typeof v === 'string') return tomlString(v);
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
   if (v && typeof v === 'object') {
-    return `{ ${Object.entries(v).map(([k, x]) => `${k} = ${tomlValue(x)}`).join(', ')} }`;
+    return `{ ${Object.entries(v).map(([k, x]) => `${tomlKey(k)} = ${tomlValue(x)}`).join(', ')} }`;
   }
   throw new Error(`cannot write ${v} as TOML`);
 }
 
 function renderConfig(sections) {
   return Object.entries(sections)
-    .map(([name, keys]) => `[${name}]\n${Object.entries(keys).map(([k, v]) => `${k} = ${tomlValue(v)}`).join('\n')}\n`)
+    .map(([name, keys]) => `[${name}]\n${Object.entries(keys).map(([k, v]) => `${tomlKey(k)} = ${tomlValue(v)}`).join('\n')}\n`)
     .join('\n');
+}
+
+// An array of tables, e.g. [[websocket_rules]]: each entry's plain values as
+// `key = value` lines (the keys named in `inline`, e.g. `when`, as inline
+// tables), its other object values as sub-tables ([websocket_rules.allow]).
+function renderTableArray(name, entries, { inline = ['when'] } = {}) {
+  return entries.map((entry) => {
+    const lines = [`[[${name}]]`];
+    const subTables = [];
+    for (const [k, v] of Object.entries(entry)) {
+      if (v && typeof v === 'object' && !Array.isArray(v) && !inline.includes(k)) subTables.push([k, v]);
+      else lines.push(`${tomlKey(k)} = ${tomlValue(v)}`);
+    }
+    for (const [k, v] of subTables) {
+      lines.push(`[${name}.${tomlKey(k)}]`);
+      for (const [kk, vv] of Object.entries(v)) lines.push(`${tomlKey(kk)} = ${tomlValue(vv)}`);
+    }
+    return `${lines.join('\n')}\n`;
+  }).join('\n');
 }
 
 function canConnect(port, host = '127.0.0.1') {
@@ -67,7 +91,7 @@ function canConnect(port, host = '127.0.0.1') {
   });
 }
 
-async function startOnce({ upstreamUrl, to, cors, extra }) {
+async function startOnce({ upstreamUrl, to, cors, extra, tableArrays }) {
   const port = await freePort();
   let adminPort = await freePort();
   while (adminPort === port) adminPort = await freePort();
@@ -82,7 +106,8 @@ async function startOnce({ upstreamUrl, to, cors, extra }) {
   if (cors) config.cors = cors;
   for (const [section, keys] of Object.entries(extra || {})) config[section] = { ...(config[section] || {}), ...keys };
   const configPath = path.join(dir, 'guestgate.toml');
-  const text = renderConfig(config);
+  let text = renderConfig(config);
+  for (const [name, entries] of Object.entries(tableArrays || {})) text += `\n${renderTableArray(name, entries)}`;
   fs.writeFileSync(configPath, text);
 
   // Only this test's config applies: no GUESTGATE__* or RUST_LOG from the caller.
@@ -135,7 +160,9 @@ async function startOnce({ upstreamUrl, to, cors, extra }) {
   throw err;
 }
 
-// start({ upstreamUrl, to = { id: 'queue-123' }, cors, extra }) -> running guestgate
+// start({ upstreamUrl, to = { id: 'queue-123' }, cors, extra, tableArrays }) -> running guestgate
+// `extra` adds or extends sections (`{ 'upstreams.webmessaging': { base_url } }`);
+// `tableArrays` appends arrays of tables (`{ websocket_rules: [{ name, path, … }] }`).
 async function startGuestgate(opts) {
   const o = { to: { id: 'queue-123' }, ...opts };
   let lastErr;
@@ -150,4 +177,4 @@ async function startGuestgate(opts) {
   throw lastErr;
 }
 
-module.exports = { startGuestgate, freePort, guestgateBin, renderConfig, REPO_ROOT };
+module.exports = { startGuestgate, freePort, guestgateBin, renderConfig, renderTableArray, REPO_ROOT };
