@@ -16,43 +16,30 @@ const h = require('../lib/harness');
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
-const { chromium } = require('playwright-core');
+const { launchChromium } = require('../lib/browser');
 const { REPO_ROOT } = require('../lib/guestgate');
 const { serveStatic } = require('../lib/static');
 const { startMessengerStack, CLIENT_DEPLOYMENT_ID } = require('../lib/messenger');
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const ARTIFACTS = path.join(__dirname, '..', '.artifacts');
 const PAGE_DIR = path.join(REPO_ROOT, 'examples', 'messenger');
 
 let stack;
 let site;
 let browser;
-let userDataDir;
+let chromiumRun; // the browser and its profile
 
 before(async () => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   stack = await startMessengerStack();
   site = await serveStatic(PAGE_DIR);
-  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'guestgate-chromium-'));
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      // No host name resolves, so nothing but loopback IPs is reachable.
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-    ],
-    viewport: { width: 720, height: 640 },
-  });
+  chromiumRun = await launchChromium();
+  browser = chromiumRun.context;
 });
 
 after(async () => {
-  if (browser) await browser.close();
-  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+  if (chromiumRun) await chromiumRun.close();
   if (site) await site.close();
   if (stack) await stack.stop();
 });

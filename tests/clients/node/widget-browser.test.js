@@ -8,14 +8,12 @@ const h = require('../lib/harness');
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
-const { chromium } = require('playwright-core');
+const { launchChromium } = require('../lib/browser');
 const { startUpstream } = require('../lib/upstream');
 const { startGuestgate, REPO_ROOT } = require('../lib/guestgate');
 const { serveStatic } = require('../lib/static');
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const ARTIFACTS = path.join(__dirname, '..', '.artifacts');
 const WIDGET_DIR = path.join(REPO_ROOT, 'examples', 'widget');
 const MESSAGES_RE = /^\/api\/v2\/conversations\/messaging\/guest\/conversations\/[^/]+\/messages$/;
@@ -25,7 +23,7 @@ let gg;
 let allowedSite;
 let otherSite;
 let browser; // a persistent context on a fresh user-data-dir
-let userDataDir;
+let chromiumRun; // the browser and its profile
 
 before(async () => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
@@ -43,23 +41,12 @@ before(async () => {
       max_age_secs: 600,
     },
   });
-  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'guestgate-chromium-'));
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      // Belt and braces: no host name resolves, so nothing but loopback IPs is reachable.
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-    ],
-    viewport: { width: 720, height: 640 },
-  });
+  chromiumRun = await launchChromium();
+  browser = chromiumRun.context;
 });
 
 after(async () => {
-  if (browser) await browser.close();
-  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+  if (chromiumRun) await chromiumRun.close();
   if (gg) await gg.stop();
   for (const s of [allowedSite, otherSite]) if (s) await s.close();
   if (upstream) await upstream.close();

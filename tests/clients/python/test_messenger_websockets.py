@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 import unittest
 import urllib.request
@@ -28,22 +27,7 @@ from websockets.sync.client import connect  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENTS = os.path.dirname(HERE)
 
-# Every socket connect and name lookup in this process is recorded; the tests
-# fail if any went anywhere but loopback.
-_NETWORK = []
-
-
-def _audit(event, args):
-    if event == "socket.connect":
-        addr = args[1]
-        if isinstance(addr, tuple):
-            _NETWORK.append(("connect", str(addr[0])))
-    elif event == "socket.getaddrinfo":
-        _NETWORK.append(("getaddrinfo", str(args[0])))
-
-
-sys.addaudithook(_audit)
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+from loopback import outside_loopback
 
 # The page origin the client claims (nothing listens there).
 ORIGIN = "http://127.0.0.1:5173"
@@ -109,7 +93,7 @@ class _MessengerStack(unittest.TestCase):
             cls.stack.wait()
 
     def tearDown(self):
-        self.assertEqual([n for n in _NETWORK if n[1] not in LOOPBACK], [], "nothing may leave loopback")
+        self.assertEqual(outside_loopback(), [], "nothing may leave loopback")
 
     def connections(self):
         return _get_json(self.upstream + "/__upstream__/connections")

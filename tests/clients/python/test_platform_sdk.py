@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import unittest
 import urllib.request
@@ -33,22 +32,7 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
 import PureCloudPlatformClientV2  # noqa: E402  (after HOME is set)
 from PureCloudPlatformClientV2.rest import ApiException  # noqa: E402
 
-# Every socket connect and name lookup in this process (the SDK included) is
-# recorded; the tests fail if any went anywhere but loopback.
-_NETWORK = []
-
-
-def _audit(event, args):
-    if event == "socket.connect":
-        addr = args[1]
-        if isinstance(addr, tuple):
-            _NETWORK.append(("connect", str(addr[0])))
-    elif event == "socket.getaddrinfo":
-        _NETWORK.append(("getaddrinfo", str(args[0])))
-
-
-sys.addaudithook(_audit)
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+from loopback import NETWORK, outside_loopback
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
 PROXY_ADDED = {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "forwarded", "via", "x-request-id", "x-real-ip"}
@@ -119,8 +103,8 @@ class PlatformSdkThroughGuestgate(unittest.TestCase):
             out.append((result, recs[0], client))
         (_, direct, _), (result, proxied, client) = out
         self.assert_same_request(direct, proxied, label)
-        self.assertTrue(any(kind == "connect" for kind, _ in _NETWORK), "socket connects are observed")
-        self.assertEqual([n for n in _NETWORK if n[1] not in LOOPBACK], [], "nothing may leave loopback")
+        self.assertTrue(any(kind == "connect" for kind, _ in NETWORK), "socket connects are observed")
+        self.assertEqual(outside_loopback(), [], "nothing may leave loopback")
         return result, direct, proxied, client
 
     def assert_same_request(self, direct, proxied, label):
