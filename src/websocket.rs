@@ -420,8 +420,12 @@ where
             message = from_client.next() => match message {
                 Some(Ok(message)) => match judge(route, message, metrics) {
                     Verdict::Forward(message) => {
-                        if to_upstream.send(message).await.is_err() {
-                            break Some((CloseCode::Error, "upstream-failed"));
+                        // A close answering the upstream's own may find it gone.
+                        let closing = matches!(message, Message::Close(_));
+                        match to_upstream.send(message).await {
+                            Ok(()) => {}
+                            Err(_) if closing => break None,
+                            Err(_) => break Some((CloseCode::Error, "upstream-failed")),
                         }
                     }
                     Verdict::Close(code, reason) => break Some((code, reason)),

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
@@ -79,6 +80,14 @@ impl MessagingUpstream {
                         let Ok(frame) = serde_json::from_str::<Value>(text) else {
                             continue;
                         };
+                        if frame["action"] == "closeSession" {
+                            let bye = CloseFrame {
+                                code: CloseCode::Normal,
+                                reason: "bye".into(),
+                            };
+                            let _ = ws.close(Some(bye)).await;
+                            continue;
+                        }
                         let answer = match frame["action"].as_str() {
                             Some("configureSession") => json!({
                                 "type": "response", "class": "SessionResponse", "code": 200,
@@ -567,4 +576,36 @@ async fn reload_applies_to_new_connections() {
         .map(|t| t["deploymentId"].clone())
         .collect();
     assert_eq!(deployments, [json!("dep-server"), json!("dep-reloaded")]);
+}
+
+/// The upstream ending a session: its close reaches the client as sent, and
+/// guestgate counts no close of its own.
+#[tokio::test]
+async fn an_upstream_close_is_relayed_as_sent() {
+    let upstream = MessagingUpstream::start().await;
+    let default = RecordingUpstream::start().await;
+    let proxy = Binary::start(&config(&upstream, ""), &default, &[]).await;
+    let mut client = connect(&proxy).await;
+    client
+        .send(Message::text(r#"{"action":"closeSession","token":"t"}"#))
+        .await
+        .unwrap();
+    let frame = close_of(&mut client).await.expect("a close frame");
+    assert_eq!(
+        (u16::from(frame.code), frame.reason.as_str()),
+        (1000, "bye")
+    );
+    // The client's answer ends it; give guestgate a moment to see that.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.next()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = proxy.metrics().await;
+    assert!(
+        !metrics.contains("guestgate_websocket_closes_total{"),
+        "{metrics}"
+    );
+    assert!(
+        !proxy.log_text().contains("closed by guestgate"),
+        "{}",
+        proxy.log_text()
+    );
 }
