@@ -134,6 +134,12 @@ impl Changes {
         self.edits.iter().any(|c| c.op != Op::Kept)
     }
 
+    /// The configured pointers that had `op`, for logs (names, never values).
+    pub fn pointers(&self, op: Op) -> Vec<&str> {
+        let edits = self.edits.iter().filter(|c| c.op == op);
+        edits.map(|c| &*c.pointer).collect()
+    }
+
     fn record(&mut self, op: Op, pointer: &Pointer) {
         self.edits.push(Change {
             op,

@@ -14,7 +14,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::connection::ClientInfo;
-use crate::edit::{Changes, Edits, Op};
+use crate::edit::{Edits, Op};
 use crate::error::ProxyError;
 use crate::gateway::Generation;
 use crate::headers;
@@ -121,16 +121,6 @@ fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The pointers a rule changed, by operation: names only, never values.
-struct Edited<'a>(&'a Changes);
-
-impl Edited<'_> {
-    fn pointers(&self, op: Op) -> Vec<&str> {
-        let edits = self.0.edits.iter().filter(|c| c.op == op);
-        edits.map(|c| &*c.pointer).collect()
-    }
-}
-
 async fn forward_edited(
     generation: &Generation,
     rule: &Rule,
@@ -158,12 +148,11 @@ async fn forward_edited(
         report_only_body(generation, rule, body, edits, &parts.headers)
     } else {
         let (edited, changes) = sanitize::sanitize_bytes(&body, edits)?;
-        let names = Edited(&changes);
         tracing::info!(
             rule = &*rule.name,
-            removed = ?names.pointers(Op::Removed),
-            injected = ?names.pointers(Op::Injected),
-            overridden = ?names.pointers(Op::Overridden),
+            removed = ?changes.pointers(Op::Removed),
+            injected = ?changes.pointers(Op::Injected),
+            overridden = ?changes.pointers(Op::Overridden),
             "body edited"
         );
         generation
@@ -210,12 +199,11 @@ fn report_only_body(
     let metrics = &generation.metrics;
     match sanitize::sanitize_bytes(&body, edits) {
         Ok((_, changes)) => {
-            let names = Edited(&changes);
             tracing::info!(
                 rule = &*rule.name,
-                would_remove = ?names.pointers(Op::Removed),
-                would_inject = ?names.pointers(Op::Injected),
-                would_override = ?names.pointers(Op::Overridden),
+                would_remove = ?changes.pointers(Op::Removed),
+                would_inject = ?changes.pointers(Op::Injected),
+                would_override = ?changes.pointers(Op::Overridden),
                 "report_only: body forwarded unchanged"
             );
             for change in changes.edits.iter().filter(|c| c.op != Op::Kept) {

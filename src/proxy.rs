@@ -93,10 +93,7 @@ async fn serve(generation: &Arc<Generation>, request: Request, client: ClientInf
             ))
             .await,
         },
-        None => {
-            let inspected = generation.config.websocket.lookup(&path).cloned();
-            pass_through(forward(generation, request, client, path.as_path(), inspected).await)
-        }
+        None => pass_through(forward(generation, request, client, &path).await),
     }
 }
 
@@ -148,15 +145,18 @@ async fn forward(
     generation: &Generation,
     mut request: Request,
     client: ClientInfo,
-    path: &str,
-    inspected: Option<Arc<MessageRoute>>,
+    path: &CanonicalPath,
 ) -> Result<Response, ProxyError> {
     let protocols = &generation.config.limits.upgrade_protocols;
-    let asked = upgrade::upgrade_request(request.headers(), request.version(), protocols)
-        // On a path with WebSocket rules only WebSocket becomes a tunnel.
-        .filter(|names| {
-            inspected.is_none() || names.iter().all(|n| n.eq_ignore_ascii_case("websocket"))
-        });
+    let asked = upgrade::upgrade_request(request.headers(), request.version(), protocols);
+    // Only upgrade requests look for WebSocket rules.
+    let inspected: Option<Arc<MessageRoute>> = asked
+        .as_ref()
+        .and_then(|_| generation.config.websocket.lookup(path).cloned());
+    // On a path with WebSocket rules only WebSocket becomes a tunnel.
+    let asked = asked.filter(|names| {
+        inspected.is_none() || names.iter().all(|n| n.eq_ignore_ascii_case("websocket"))
+    });
     let upgrade = asked.is_some();
     let inspected = inspected.filter(|_| upgrade);
     let client_upgrade = upgrade
@@ -172,7 +172,7 @@ async fn forward(
         .flatten();
     let host = headers::original_host(&request);
     let upstream = &generation.upstreams[inspected.as_ref().map_or(0, |r| r.upstream)];
-    let uri = upstream.uri_for(path, request.uri().query());
+    let uri = upstream.uri_for(path.as_path(), request.uri().query());
     let (parts, body) = request.into_parts();
     let mut headers = parts.headers;
     headers::prepare_headers(&mut headers, client, host, upgrade);

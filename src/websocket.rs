@@ -321,10 +321,6 @@ fn judge(route: &MessageRoute, message: Message, metrics: &Metrics) -> Verdict {
     }
     match result {
         Ok(changes) => {
-            let pointers = |op: Op| {
-                let changed = changes.edits.iter().filter(move |c| c.op == op);
-                changed.map(|c| &*c.pointer).collect::<Vec<_>>()
-            };
             let action = if changes.modified() {
                 "edited"
             } else {
@@ -332,9 +328,9 @@ fn judge(route: &MessageRoute, message: Message, metrics: &Metrics) -> Verdict {
             };
             tracing::info!(
                 rule = &*rule.name,
-                removed = ?pointers(Op::Removed),
-                injected = ?pointers(Op::Injected),
-                overridden = ?pointers(Op::Overridden),
+                removed = ?changes.pointers(Op::Removed),
+                injected = ?changes.pointers(Op::Injected),
+                overridden = ?changes.pointers(Op::Overridden),
                 "websocket message {action}"
             );
             metrics.websocket_message(Some(&rule.name), action);
