@@ -121,10 +121,10 @@ def check_forward(path):
         raise SystemExit(f"{path}: HTTP {out}")
 
 
-def run_wrk(path, pid):
+def run_wrk(path, pid, conns=CONNS):
     before = cpu_ticks(pid)
     out = subprocess.run(
-        ["taskset", "-c", "0", "wrk", "-t1", f"-c{CONNS}", f"-d{DURATION}s",
+        ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{DURATION}s",
          "-s", f"{BENCH}/lib/post.lua", f"http://127.0.0.1:{PROXY}{path}"],
         capture_output=True, text=True, check=True,
         env={**os.environ, "BENCH_BODY_FILE": f"{BENCH}/lib/message.json"},
@@ -137,18 +137,24 @@ def run_wrk(path, pid):
     return requests / DURATION, ticks / TICKS / requests * 1e6
 
 
-def main():
-    if len(sys.argv) < 3:
-        raise SystemExit(__doc__)
-    base, new = sys.argv[1], sys.argv[2]
-    results_file = sys.argv[3] if len(sys.argv) > 3 else None
-    work = tempfile.mkdtemp(prefix="guestgate-rules-ab-")
+def start_upstream(work):
+    """The nginx `return 200` upstream on core 0."""
     with open(os.path.join(work, "nginx.conf"), "w") as f:
         f.write(NGINX.format(work=work, port=UPSTREAM))
     nginx = subprocess.Popen(
         ["taskset", "-c", "0", "nginx", "-c", os.path.join(work, "nginx.conf"), "-g", "daemon off;"]
     )
     wait_port(UPSTREAM)
+    return nginx
+
+
+def main():
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    base, new = sys.argv[1], sys.argv[2]
+    results_file = sys.argv[3] if len(sys.argv) > 3 else None
+    work = tempfile.mkdtemp(prefix="guestgate-rules-ab-")
+    nginx = start_upstream(work)
     targets = [
         ("base", base, SHORTHAND, SHORTHAND_PATH),
         ("new", new, SHORTHAND, SHORTHAND_PATH),

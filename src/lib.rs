@@ -17,6 +17,7 @@ pub mod headers;
 pub mod intercept;
 pub mod metrics;
 pub mod pointer;
+pub mod pool;
 pub mod proxy;
 pub mod routing;
 pub mod rules;

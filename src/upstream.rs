@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::pool::{Http1Pool, SendError};
 
 /// `[upstream]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -134,9 +135,10 @@ pub struct BaseUrl {
     pub path_prefix: String,
 }
 
-/// The pooled client to the one configured upstream.
-#[derive(Clone)]
+/// The clients to one configured upstream.
 pub struct Upstream {
+    /// guestgate's own per-worker HTTP/1 pool, for a plain `http` upstream.
+    http1: Option<Http1Pool>,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     /// HTTP/1.1 only, for upgrade requests: HTTP/2 has no `Upgrade`, and an
     /// https upstream would otherwise be reached over h2 (ALPN).
@@ -169,7 +171,19 @@ impl Upstream {
                 .timer(TokioTimer::new())
                 .build(connector)
         };
+        let http1 = (base.scheme == http::uri::Scheme::HTTP).then(|| {
+            let port = base.authority.port_u16().unwrap_or(80);
+            Http1Pool::new(
+                format!("{}:{port}", base.authority.host()),
+                http::HeaderValue::from_str(base.authority.as_str())
+                    .expect("an authority is a valid header value"),
+                Duration::from_millis(settings.connect_timeout_ms),
+                Duration::from_secs(settings.pool_idle_timeout_secs),
+                settings.pool_max_idle_per_host,
+            )
+        });
         Self {
+            http1,
             client: client(https.clone()),
             upgrades: client(tls().wrap_connector(http)),
             connector: https,
@@ -211,7 +225,45 @@ impl Upstream {
     /// Sends a prepared request and waits for the response head. Only
     /// upgrade requests keep an `Upgrade` header (see [`prepare_headers`]).
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        let client = if request.headers().contains_key(header::UPGRADE) {
+        let upgrade = request.headers().contains_key(header::UPGRADE);
+        match &self.http1 {
+            Some(pool) if !upgrade => self.send_http1(request, pool).await,
+            _ => self.send_pooled(request, upgrade).await,
+        }
+    }
+
+    /// Over guestgate's own HTTP/1 pool, the URI in origin form.
+    async fn send_http1(
+        &self,
+        mut request: Request<Body>,
+        pool: &Http1Pool,
+    ) -> Result<Response<Body>, ProxyError> {
+        if let Some(target) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = Uri::from(target);
+        }
+        match tokio::time::timeout(self.response_timeout, pool.send(request)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(
+                self.response_timeout.as_millis() as u64,
+            )),
+            Ok(Err(SendError::Connect(e))) => {
+                tracing::warn!(error = %e, "upstream connect failed");
+                Err(ProxyError::UpstreamUnreachable)
+            }
+            Ok(Err(SendError::Request(e))) => {
+                tracing::warn!(error = %e, "upstream request failed");
+                Err(ProxyError::UpstreamFailed)
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// Over hyper-util's pooled client: `https` (HTTP/2 by ALPN) and upgrades.
+    async fn send_pooled(
+        &self,
+        request: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Body>, ProxyError> {
+        let client = if upgrade {
             &self.upgrades
         } else {
             &self.client

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""A/B of guestgate builds on the hot path, in one interleaved run.
+
+    python3 bench/ab.py NAME=BINARY NAME=BINARY [...] [--out RESULTS_FILE]
+
+Each binary serves [guest_messages] with one worker on core 1, behind wrk on
+core 0 in front of an nginx `return 200` upstream (also core 0), like
+bench/rules.py. For every round, every concurrency in CONNS (default 32,256)
+and both routes (the intercepted guest message route and a pass-through
+route), each binary is started fresh, checked to answer 200, warmed up and
+measured. Reported: median requests/s and guestgate CPU microseconds per
+request (utime + stime over the run / requests), and each build's ratio to
+the first one. Needs nginx and wrk (bench/run.sh installs both); only
+127.0.0.1 is used.
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rules  # noqa: E402  (shares the A/B machinery)
+
+CONNS = [int(c) for c in os.environ.get("CONNS", "32,256").split(",")]
+ROUTES = [
+    ("intercepted", rules.SHORTHAND_PATH),
+    ("pass-through", rules.SHORTHAND_PATH.replace("/messages", "/attachments")),
+]
+
+
+def main():
+    args = sys.argv[1:]
+    out = None
+    if "--out" in args:
+        i = args.index("--out")
+        out = args[i + 1]
+        del args[i:i + 2]
+    builds = [a.split("=", 1) for a in args]
+    if len(builds) < 2 or any(len(b) != 2 for b in builds):
+        raise SystemExit(__doc__)
+    work = tempfile.mkdtemp(prefix="guestgate-ab-")
+    nginx = rules.start_upstream(work)
+    seen = {}
+    try:
+        for round_ in range(rules.ROUNDS):
+            for conns in CONNS:
+                for route, path in ROUTES:
+                    for name, binary in builds:
+                        proc = rules.start_guestgate(binary, rules.SHORTHAND, work)
+                        try:
+                            rules.check_forward(path)
+                            rules.run_wrk(path, proc.pid, conns)  # warm-up
+                            result = rules.run_wrk(path, proc.pid, conns)
+                        finally:
+                            proc.terminate()
+                            proc.wait()
+                        seen.setdefault((conns, route, name), []).append(result)
+                        print(f"round {round_ + 1} c={conns} {route:12} {name:10} "
+                              f"{result[0]:9.0f} req/s {result[1]:6.2f} us CPU/request", flush=True)
+    finally:
+        nginx.terminate()
+        nginx.wait()
+    first = builds[0][0]
+    lines = [
+        f"{rules.ROUNDS} interleaved rounds of {rules.DURATION} s; guestgate on core 1 (one worker), "
+        "wrk and the nginx upstream on core 0; medians.",
+        "",
+        f"| c | route | build | req/s | CPU us/request | req/s vs {first} | CPU vs {first} |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for conns in CONNS:
+        for route, _ in ROUTES:
+            base = seen[(conns, route, first)]
+            base_rps = statistics.median(r for r, _ in base)
+            base_us = statistics.median(u for _, u in base)
+            for name, _ in builds:
+                runs = seen[(conns, route, name)]
+                rps = statistics.median(r for r, _ in runs)
+                us = statistics.median(u for _, u in runs)
+                lines.append(f"| {conns} | {route} | {name} | {rps:.0f} | {us:.2f} | "
+                             f"{rps / base_rps:.3f}x | {us / base_us:.3f}x |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if out:
+        with open(out, "w") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    main()
