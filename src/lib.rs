@@ -30,4 +30,4 @@ pub mod upstream;
 pub mod websocket;
 
 pub use config::Config;
-pub use server::{Running, start, start_with_source};
+pub use server::{Running, start, start_with_source, start_workers};

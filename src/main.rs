@@ -33,7 +33,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match runtime_builder().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("guestgate: cannot start the runtime: {e}");
@@ -56,20 +59,15 @@ fn main() -> ExitCode {
     })
 }
 
-/// One worker thread (`TOKIO_WORKER_THREADS=1`, or a single available CPU)
-/// runs the single-threaded scheduler: no cross-thread wake-ups, about a
-/// quarter less CPU per request (bench/NOTES.md). Otherwise one worker per
-/// CPU (or `TOKIO_WORKER_THREADS`).
-fn runtime_builder() -> tokio::runtime::Builder {
-    let workers = std::env::var("TOKIO_WORKER_THREADS")
+/// One worker per CPU, or `TOKIO_WORKER_THREADS`. Each worker is a thread
+/// with a single-threaded runtime and its own listener: no cross-thread
+/// wake-ups or locks on the request path (bench/NOTES.md).
+fn workers() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    }
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn report(e: ConfigError) -> ExitCode {
@@ -85,7 +83,7 @@ async fn run(source: ConfigSource) -> ExitCode {
         Err(e) => return report(e),
     };
     guestgate::telemetry::init(&config.settings.log);
-    match guestgate::start_with_source(config, source).await {
+    match guestgate::start_workers(config, source, workers()).await {
         Ok(running) => {
             if let Err(e) = running.reload_on_sighup() {
                 tracing::warn!(error = %e, "SIGHUP reload unavailable");

@@ -161,13 +161,24 @@ pub async fn serve<C: Connections>(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    serve_with_slots(listener, app, limits, slots, shutdown).await
+}
+
+/// Like [`serve`], with connection slots shared by every worker's listener.
+/// One permit per open connection (or tunnel that took one over): holding
+/// all of them again means every connection has closed.
+async fn serve_with_slots<C: Connections>(
+    listener: TcpListener,
+    app: Arc<C>,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) {
     let protocols = Arc::new(Protocols::new(&limits));
     // Draining: finish what is in flight; closing: drop what is left.
     let (stop, stopping) = watch::channel(false);
     let (close, closing) = watch::channel(false);
-    // One permit per open connection (or tunnel that took one over):
-    // holding all of them again means every connection has closed.
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -512,8 +523,25 @@ pub async fn start(config: Config) -> io::Result<Running> {
 }
 
 /// Like [`start`]; `source` is what [`Running::reload`] (SIGHUP) reads again.
+/// Everything runs on the caller's runtime.
 pub async fn start_with_source(config: Config, source: ConfigSource) -> io::Result<Running> {
-    let listener = TcpListener::bind(config.listen).await?;
+    start_workers(config, source, 1).await
+}
+
+/// Like [`start_with_source`], with `workers` listeners on the same address
+/// (`SO_REUSEPORT`, the kernel spreads new connections over them). The
+/// caller's runtime serves the first one, the admin listener and reloads;
+/// each other one gets a thread with a single-threaded runtime of its own,
+/// so a connection, its requests and their upstream connections stay on one
+/// core (like nginx's worker processes). All share the configuration, the
+/// metrics and `server.max_connections`.
+pub async fn start_workers(
+    config: Config,
+    source: ConfigSource,
+    workers: usize,
+) -> io::Result<Running> {
+    let workers = workers.max(1);
+    let listener = bind(config.listen, workers > 1)?;
     let addr = listener.local_addr()?;
     let admin = match config.admin_listen {
         Some(admin_addr) => Some(TcpListener::bind(admin_addr).await?),
@@ -521,7 +549,20 @@ pub async fn start_with_source(config: Config, source: ConfigSource) -> io::Resu
     };
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
     let limits = Limits::from_config(&config);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let gateway = Gateway::new(config, source);
+    let (stop_workers, workers_stopping) = watch::channel(false);
+    let mut finished = Vec::with_capacity(workers - 1);
+    for index in 1..workers {
+        finished.push(spawn_worker(
+            index,
+            addr,
+            gateway.clone(),
+            limits.clone(),
+            slots.clone(),
+            workers_stopping.clone(),
+        )?);
+    }
     gateway.spawn_readiness();
     gateway.spawn_file_watch();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -538,11 +579,15 @@ pub async fn start_with_source(config: Config, source: ConfigSource) -> io::Resu
                     .await;
             })
         });
-        serve(listener, serving.clone(), limits, async {
+        serve_with_slots(listener, serving.clone(), limits, slots, async {
             let _ = stopped.await;
             serving.start_draining();
+            stop_workers.send_replace(true);
         })
         .await;
+        for worker in finished {
+            let _ = worker.await;
+        }
         let _ = admin_stop.send(());
         if let Some(mut admin_task) = admin_task {
             // Probes and scrapes are quick; a stalled admin client must not
@@ -555,7 +600,7 @@ pub async fn start_with_source(config: Config, source: ConfigSource) -> io::Resu
             }
         }
     });
-    tracing::info!(%addr, admin = ?admin_addr, "guestgate listening");
+    tracing::info!(%addr, admin = ?admin_addr, workers, "guestgate listening");
     Ok(Running {
         addr,
         admin_addr,
@@ -563,6 +608,76 @@ pub async fn start_with_source(config: Config, source: ConfigSource) -> io::Resu
         stop: Some(stop),
         task,
     })
+}
+
+/// A listening socket; `shared` lets other workers' sockets bind the same
+/// address (`SO_REUSEPORT`).
+fn bind(addr: SocketAddr, shared: bool) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(unix))]
+    if shared {
+        return Err(io::Error::other("several workers need SO_REUSEPORT (Unix)"));
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Starts worker `index`: a thread with its own single-threaded runtime and
+/// listener on `addr`, serving until `stopping`. The receiver resolves when
+/// it has drained; binding errors are returned before it starts.
+fn spawn_worker(
+    index: usize,
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    mut stopping: watch::Receiver<bool>,
+) -> io::Result<oneshot::Receiver<()>> {
+    let (bound, bound_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("guestgate-worker-{index}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = bound.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match bind(addr, true) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = bound.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = bound.send(Ok(()));
+                let shutdown = async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                };
+                serve_with_slots(listener, gateway, limits, slots, shutdown).await;
+                let _ = done.send(());
+            });
+        })?;
+    bound_rx
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("worker thread ended while binding")))?;
+    Ok(finished)
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

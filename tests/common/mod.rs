@@ -23,6 +23,8 @@ pub const QUEUE: &str = "queue-1";
 /// One request as the upstream really received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// The proxy's end of the upstream connection the request came on.
+    pub peer: SocketAddr,
     pub method: String,
     pub uri: String,
     pub version: Version,
@@ -82,7 +84,7 @@ impl RecordingUpstream {
         let seen_task = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
                 let seen = seen_task.clone();
@@ -99,6 +101,7 @@ impl RecordingUpstream {
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             let recorded = Recorded {
+                                peer,
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
                                 version: parts.version,
@@ -437,6 +440,27 @@ impl Binary {
     /// The raw log text written so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit (bounded: killed after 10 s).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("guestgate did not exit on SIGTERM:\n{}", self.log_text());
     }
 
     /// `GET /metrics` from the admin listener.
