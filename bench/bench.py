@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""guestgate benchmark orchestrator (issue 5). Started by bench/run.sh.
+"""guestgate benchmark orchestrator (issues 5 and 13). Started by bench/run.sh.
 
-Starts one shared upstream (nginx `return 200`), nginx proxy_pass, nginx+njs
-and guestgate on loopback, checks what each proxy forwards, then measures all
-targets interleaved (round-robin, several rounds) with wrk at several
-concurrencies, a fixed-rate latency run with oha (coordinated-omission
-corrected), guestgate's peak RSS with 1,000 idle keep-alive connections, and
-the criterion sanitizer benchmark. Writes bench/results/<date>-<host>.md.
+Starts one shared upstream (nginx `return 200`), nginx proxy_pass, nginx+njs,
+nginx+lua (cjson), HAProxy and guestgate on loopback, checks what each proxy
+forwards, then measures all targets interleaved (round-robin, several rounds)
+with wrk at several concurrencies, a fixed-rate latency run with oha
+(coordinated-omission corrected), a multi-core section (2 workers each on the
+same 2 cores as the load generator; MULTICORE=0 skips it), guestgate's peak
+RSS with 1,000 idle keep-alive connections, and the criterion sanitizer
+benchmark. Writes bench/results/<date>-<host>.md.
 
 Every number in the results file comes from this run. Nothing here talks to
 anything but 127.0.0.1.
 """
 
 import datetime
+import glob
 import json
 import os
 import platform
@@ -44,6 +47,10 @@ TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target/bench
 WORK = os.environ.get("BENCH_WORK", os.path.join(BENCH, ".work"))
 RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(BENCH, "results"))
 SKIP_CRITERION = os.environ.get("SKIP_CRITERION", "0") == "1"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"  # /usr/sbin is not on every user's PATH
+MULTICORE = os.environ.get("MULTICORE", "1") == "1"
+MC_CONNS = [int(c) for c in os.environ.get("MC_CONNS", "32,256").split(",")]
+MC_WORKERS = 2
 
 PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "18081"))
 UPSTREAM_PORT = PORT_BASE
@@ -54,6 +61,9 @@ GG_ADMIN_PORT = PORT_BASE + 4
 GG_IDLE_PORT = PORT_BASE + 5
 GG_IDLE_ADMIN_PORT = PORT_BASE + 6
 NGINX_IDLE_PORT = PORT_BASE + 7
+LUA_PORT = PORT_BASE + 8
+HAPROXY_PORT = PORT_BASE + 9
+PORTS_USED = 10
 
 QUEUE = "bench-queue-0001"
 CONV = "c0ffee00-1111-4222-8333-444455556666"
@@ -62,11 +72,16 @@ MSG_PATH = f"/api/v2/conversations/messaging/guest/conversations/{CONV}/messages
 PASS_PATH = f"/api/v2/conversations/messaging/guest/conversations/{CONV}/attachments"
 BODY_FILE = os.path.join(BENCH, "lib/message.json")
 LUA = os.path.join(BENCH, "lib/post.lua")
+# lua-cjson's C module for LuaJIT (lua 5.1 ABI), /usr/lib/<multiarch>/lua/5.1/cjson.so
+LUA_CPATH = os.path.dirname((glob.glob("/usr/lib/*/lua/5.1/cjson.so") or
+                             ["/usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so"])[0])
 
 # Cores: servers under test on core 1, load generator + shared upstream on core 0.
 PROXY_CPUS = "1" if PIN else None
 LOADGEN_CPUS = "0" if PIN else None
 SERVER_WORKERS = 1 if PIN else os.cpu_count()
+# Multi-core section: servers with 2 workers, upstream and wrk all on cores 0-1.
+MC_CPUS = "0,1" if PIN else None
 
 TARGETS = [
     # key, label, port, path, pid source
@@ -75,8 +90,18 @@ TARGETS = [
     ("njs", "3. nginx + njs sanitize", NJS_PORT, MSG_PATH),
     ("gg_msg", "4. guestgate, intercepted route", GG_PORT, MSG_PATH),
     ("gg_pass", "5. guestgate, pass-through route", GG_PORT, PASS_PATH),
+    ("lua", "6. nginx + lua (cjson) sanitize", LUA_PORT, MSG_PATH),
+    ("haproxy", "7. HAProxy (http-reuse always)", HAPROXY_PORT, MSG_PATH),
 ]
 LABEL = {t[0]: t[1] for t in TARGETS}
+# Multi-core section: the same configurations with 2 workers (same keys).
+MC_TARGETS = [
+    ("nginx", "nginx proxy_pass", NGINX_PORT, MSG_PATH),
+    ("lua", "nginx + lua (cjson) sanitize", LUA_PORT, MSG_PATH),
+    ("gg_msg", "guestgate, intercepted route", GG_PORT, MSG_PATH),
+    ("gg_pass", "guestgate, pass-through route", GG_PORT, PASS_PATH),
+]
+MC_LABEL = {t[0]: t[1] for t in MC_TARGETS}
 
 
 def log(*a):
@@ -107,25 +132,44 @@ class Servers:
         self.nginx_pids = {}  # key -> Popen of the master (daemon off)
         self.procs = []
         self.gg = None
+        self.haproxy = None
 
-    def render(self, key, name, port, extra=None):
-        text = open(os.path.join(BENCH, "nginx", f"{name}.conf")).read()
+    def render(self, key, name, port, extra=None, workers=None, src=None):
+        text = open(src or os.path.join(BENCH, "nginx", f"{name}.conf")).read()
         subs = {
             "@WORK@": WORK, "@BENCH@": BENCH, "@UPSTREAM_PORT@": str(UPSTREAM_PORT),
             "@PROXY_PORT@": str(port), "@PID@": os.path.join(WORK, f"{key}.pid"),
-            "@ERRLOG@": os.path.join(WORK, f"{key}.error.log"),
+            "@ERRLOG@": os.path.join(WORK, f"{key}.error.log"), "@QUEUE@": QUEUE, "@LUA_CPATH@": LUA_CPATH,
         }
         subs.update(extra or {})
         for k, v in subs.items():
             text = text.replace(k, v)
-        text = text.replace("worker_processes 1;", f"worker_processes {SERVER_WORKERS};")
+        text = text.replace("worker_processes 1;", f"worker_processes {workers or SERVER_WORKERS};")
         out = os.path.join(WORK, f"{key}.conf")
         with open(out, "w") as f:
             f.write(text)
         return out
 
-    def start_nginx(self, key, name, port, cpus, extra=None):
-        conf = self.render(key, name, port, extra)
+    def start_haproxy(self, port, cpus):
+        """HAProxy in the foreground (`-db`: one process, `nbthread 1` in the file)."""
+        conf = self.render("haproxy", "haproxy", port, src=os.path.join(BENCH, "haproxy", "haproxy.cfg"))
+        errf = open(os.path.join(WORK, "haproxy.stderr.log"), "w")
+        p = subprocess.Popen(taskset(cpus, [HAPROXY, "-db", "-f", conf]), stdout=errf, stderr=subprocess.STDOUT)
+        self.haproxy = p
+        wait_port(port, proc=p)
+
+    def stop_haproxy(self):
+        p, self.haproxy = self.haproxy, None
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGTERM)  # hard stop: closes the idle keep-alive connections at once
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def start_nginx(self, key, name, port, cpus, extra=None, workers=None):
+        conf = self.render(key, name, port, extra, workers)
         errf = open(os.path.join(WORK, f"{key}.stderr.log"), "w")
         p = subprocess.Popen(taskset(cpus, ["nginx", "-p", WORK, "-e", os.path.join(WORK, f"{key}.error.log"),
                                             "-c", conf, "-g", "daemon off;"]),
@@ -179,6 +223,7 @@ class Servers:
             self.stop_guestgate(p)
         for key in list(self.nginx_pids):
             self.stop_nginx(key)
+        self.stop_haproxy()
 
 
 def children(pid):
@@ -283,22 +328,22 @@ def http_post(port, path, body, headers=None, timeout=5.0):
     return status, rest
 
 
-def verify(servers):
+SANITIZING = ("njs", "gg_msg", "lua")
+
+
+def verify(targets=TARGETS):
     """Check what each target forwards, through the upstream's echo route."""
     body = open(BODY_FILE, "rb").read()
     sent = json.loads(body)
-    echo_msg = MSG_PATH.replace(CONV, "bench-echo")
-    echo_pass = PASS_PATH.replace(CONV, "bench-echo")
     problems = []
     expect_sanitized = dict(sent)
     expect_sanitized.pop("id")
     expect_sanitized["to"] = {"id": QUEUE}
-    checks = [
-        ("nginx", NGINX_PORT, echo_msg, sent),
-        ("njs", NJS_PORT, echo_msg, expect_sanitized),
-        ("gg_msg", GG_PORT, echo_msg, expect_sanitized),
-        ("gg_pass", GG_PORT, echo_pass, sent),
-    ]
+    checks = []
+    for key, _label, port, path in targets:
+        if key != "direct":
+            checks.append((key, port, path.replace(CONV, "bench-echo"),
+                           expect_sanitized if key in SANITIZING else sent))
     for key, port, path, expected in checks:
         try:
             status, got = http_post(port, path, body)
@@ -309,21 +354,29 @@ def verify(servers):
         if status != 200 or got_json != expected:
             problems.append(f"{key}: status {status}, forwarded {got[:300]!r}")
     # and the benchmark paths answer 200 with the upstream's body
-    for key, _label, port, path in TARGETS:
+    for key, _label, port, path in targets:
         status, got = http_post(port, path, body)
         if status != 200 or b"accepted" not in got:
             problems.append(f"{key}: {path} answered {status} {got[:200]!r}")
     # a bad body is refused by the sanitizing targets (not measured, shown)
     refusals = {}
-    for key, port in (("njs", NJS_PORT), ("gg_msg", GG_PORT)):
-        status, _ = http_post(port, MSG_PATH, b'{"id":1,')
-        refusals[key] = status
+    for key, _label, port, _path in targets:
+        if key in SANITIZING:
+            status, _ = http_post(port, MSG_PATH, b'{"id":1,')
+            refusals[key] = status
+    # nginx+lua answers 400 itself, like sanitize.js's js_content variant, for
+    # anything that is not a JSON object (the js_set variant cannot)
+    if "lua" in refusals:
+        for bad in (b'{"id":1,', b"[]", b'"text"', b'{"a":NaN}', b""):
+            status, got = http_post(LUA_PORT, MSG_PATH, bad)
+            if status != 400 or got != b'{"error":"invalid body"}':
+                problems.append(f"lua: body {bad!r} answered {status} {got[:200]!r}, not 400 invalid body")
     return problems, refusals
 
 
-def wrk(key, port, path, conns, secs):
-    threads = 1 if PIN else min(2, conns)
-    argv = taskset(LOADGEN_CPUS, ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{secs}s",
+def wrk(key, port, path, conns, secs, cpus=LOADGEN_CPUS, threads=None):
+    threads = threads or (1 if PIN else min(2, conns))
+    argv = taskset(cpus, ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{secs}s",
                                   "--timeout", "10s", "-s", LUA, f"http://127.0.0.1:{port}{path}"])
     env = dict(os.environ, BENCH_BODY_FILE=BODY_FILE)
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -344,6 +397,8 @@ def bench_cpu(servers):
     pids = [p for k in servers.nginx_pids for p in servers.nginx_all_pids(k)]
     if servers.gg is not None:
         pids.append(servers.gg.pid)
+    if servers.haproxy is not None:
+        pids.append(servers.haproxy.pid)
     return proc_cpu(pids)
 
 
@@ -353,13 +408,13 @@ def foreign_pct(c0, c1, own_s, wall):
     return max(0.0, 100.0 * (busy - own_s) / (wall * len(c1))) if wall > 0 else None
 
 
-def measure(servers, key, port, path, conns, secs):
+def measure(servers, key, port, path, conns, secs, cpus=LOADGEN_CPUS, threads=None):
     pids = target_pids(servers, key)
     up_pids = servers.nginx_all_pids("upstream")
     c0, p0, u0 = core_times(), proc_cpu(pids), proc_cpu(up_pids)
     b0, w0 = bench_cpu(servers), children_cpu()
     t0 = time.time()
-    r = wrk(key, port, path, conns, secs)
+    r = wrk(key, port, path, conns, secs, cpus, threads)
     wall = time.time() - t0
     c1, p1, u1 = core_times(), proc_cpu(pids), proc_cpu(up_pids)
     b1, w1 = bench_cpu(servers), children_cpu()
@@ -378,8 +433,10 @@ def measure(servers, key, port, path, conns, secs):
 def target_pids(servers, key):
     if key == "direct":
         return servers.nginx_all_pids("upstream")
-    if key in ("nginx", "njs"):
+    if key in ("nginx", "njs", "lua"):
         return servers.nginx_all_pids(key)
+    if key == "haproxy":
+        return [servers.haproxy.pid]
     return [servers.gg.pid]
 
 
@@ -534,6 +591,14 @@ def machine_info():
         if line.startswith("MemTotal"):
             mem = f"{int(line.split()[1]) // 1024} MiB"
     njs = first_line(["dpkg-query", "-W", "-f", "${Version}", "libnginx-mod-http-js"])
+    lua = first_line(["dpkg-query", "-W", "-f", "${Version}", "libnginx-mod-http-lua"])
+    cjson = first_line(["dpkg-query", "-W", "-f", "${Version}", "lua-cjson"])
+    # the LuaJIT the module runs on (libluajit2-5.1-2, OpenResty's branch, or Debian's libluajit-5.1-2)
+    luajit = "LuaJIT ?"
+    m = re.search(r"libluajit\S* => (\S+)", run_out(["ldd", "/usr/lib/nginx/modules/ngx_http_lua_module.so"]).stdout)
+    if m:
+        owner = first_line(["dpkg", "-S", os.path.realpath(m.group(1))]).split(":")[0]
+        luajit = f"{owner} {first_line(['dpkg-query', '-W', '-f', '${Version}', owner])}"
     oha = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
     commit = first_line(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
     dirty = run_out(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"]).stdout
@@ -542,6 +607,8 @@ def machine_info():
         "kernel": platform.release(), "os": osname,
         "nginx": first_line(["nginx", "-v"]).replace("nginx version: ", ""),
         "njs": njs,
+        "lua": f"{lua}; lua-cjson {cjson}; {luajit}",
+        "haproxy": first_line([HAPROXY, "-v"]).replace("HAProxy version ", "").split(" - ")[0],
         "wrk": first_line(["wrk", "-v"]).split(" [")[0],
         "oha": first_line([oha, "--version"]) if os.path.exists(oha) else "not installed",
         "rustc": first_line(["rustc", "--version"]),
@@ -571,7 +638,7 @@ def fmt_ratio(r):
     return "–" if r is None else f"{r:.2f}x"
 
 
-def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before, load_after, elapsed):
+def aggregate(runs):
     # runs[(key, conns)] = [result per round]
     agg = {}
     for (key, c), rs in runs.items():
@@ -588,6 +655,25 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
             "errors": sum(r["errors"] for r in rs),
             "requests": sum(r["requests"] for r in rs),
         }
+    return agg
+
+
+def rps_cell(a):
+    return "–" if not a else (f"{fmt_int(a['rps'])} [{fmt_int(a['rps_min'])}–{fmt_int(a['rps_max'])}]"
+                              + (f" ⚠ {a['errors']} errors" if a["errors"] else ""))
+
+
+def cpu_cell(a):
+    if not a:
+        return "–"
+    own = "" if a["cpu_us"] is None else f"{a['cpu_us']:.1f} µs ({a['cpu_pct']:.0f}%); "
+    other = "" if a["foreign"] is None else f"; other load {a['foreign']:.0f}%"
+    return f"{own}cores {a['core0']:.0f}/{a['core1']:.0f}{other}"
+
+
+def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, load_before, load_after, elapsed):
+    agg = aggregate(runs)
+    mc = aggregate(mc_runs)
     keys = [t[0] for t in TARGETS]
     L = []
     w = L.append
@@ -604,15 +690,18 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
     w("|---|---|")
     for k, label in (("cpu", "CPU"), ("cores", "cores"), ("mem", "memory"), ("os", "OS"), ("kernel", "kernel"),
                      ("guestgate", "guestgate commit"), ("rustc", "rustc"), ("nginx", "nginx"),
-                     ("njs", "njs (libnginx-mod-http-js)"), ("wrk", "wrk"), ("oha", "oha")):
+                     ("njs", "njs (libnginx-mod-http-js)"), ("lua", "libnginx-mod-http-lua"),
+                     ("haproxy", "HAProxy"), ("wrk", "wrk"), ("oha", "oha")):
         w(f"| {label} | {info[k]} |")
     w(f"| load average before / after | {load_before} / {load_after} |")
     w("")
     w("## Method")
     w("")
     if PIN:
-        w("- CPU pinning (taskset): every server under test (nginx proxy, nginx+njs, guestgate) runs on "
-          "**core 1** with **one** worker (nginx `worker_processes 1`, guestgate `TOKIO_WORKER_THREADS=1`); "
+        w("- CPU pinning (taskset): every server under test (nginx proxy, nginx+njs, nginx+lua, HAProxy, "
+          "guestgate) runs on "
+          "**core 1** with **one** worker (nginx `worker_processes 1`, HAProxy `nbthread 1`, "
+          "guestgate `TOKIO_WORKER_THREADS=1`); "
           "the load generator (wrk, one thread) and the shared upstream (nginx, one worker) share **core 0**. "
           "So each proxy gets the same CPU budget, one core, and does not fight the load generator for it "
           "(unless other work on the machine takes its share: see 'other load').")
@@ -631,9 +720,19 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
     w(f"- nginx: access_log off, upstream `keepalive 1024`, `keepalive_requests` raised on both sides, "
       f"HTTP/1.1 to the upstream. njs implementation: `{NJS_MODE}` "
       f"({'js_set body rewrite + proxy_set_body through the keepalive pool' if NJS_MODE == 'js_set' else 'js_content + ngx.fetch'}).")
+    w("- nginx + lua (`bench/nginx/lua.conf`, lua-nginx-module with cjson, what Kong's request-transformer "
+      "runs on): `access_by_lua_block` reads the body (`ngx.req.read_body`, `get_body_data`), decodes it with "
+      "cjson, removes `id`, sets `to`, re-encodes it, `ngx.req.set_body_data`, then `proxy_pass` through the "
+      "same keepalive pool; a body that is not a JSON object is answered 400 by the Lua code.")
+    w("- HAProxy (`bench/haproxy/haproxy.cfg`): `mode http`, `nbthread 1`, keep-alive on both sides, "
+      "`http-reuse always` (idle upstream connections shared by all clients, like nginx's keepalive pool), "
+      "no logging.")
     w("- Before measuring, each proxy's forwarded body was checked through the upstream's echo route "
-      "(nginx/guestgate pass-through: unchanged; njs/guestgate intercepted: `id` dropped, `to` set). "
-      f"Refusal of a malformed body: njs → {refusals.get('njs')}, guestgate → {refusals.get('gg_msg')}.")
+      "(nginx/HAProxy/guestgate pass-through: unchanged; njs/nginx+lua/guestgate intercepted: `id` dropped, "
+      "`to` set). Refusal of a malformed body: "
+      + ", ".join(f"{n} → {refusals.get(k)}" for k, n in (("njs", "njs"), ("lua", "nginx+lua"),
+                                                           ("gg_msg", "guestgate")))
+      + (" (njs `js_set` cannot answer by itself: it forwards an empty body)." if NJS_MODE == "js_set" else "."))
     w("- **Shared machine.** 'other load' is the CPU that processes outside this benchmark used during a "
       "measurement (all cores' busy time from /proc/stat minus the CPU of every server, the upstream and the "
       "load generator), in % of the machine. When it is high the absolute req/s figures are low and noisy; "
@@ -647,12 +746,7 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
     w("| target | " + " | ".join(f"c={c}" for c in CONNS) + " |")
     w("|---|" + "---:|" * len(CONNS))
     for k in keys:
-        cells = []
-        for c in CONNS:
-            a = agg.get((k, c))
-            cells.append("–" if not a else f"{fmt_int(a['rps'])} [{fmt_int(a['rps_min'])}–{fmt_int(a['rps_max'])}]"
-                         + (f" ⚠ {a['errors']} errors" if a["errors"] else ""))
-        w(f"| {LABEL[k]} | " + " | ".join(cells) + " |")
+        w(f"| {LABEL[k]} | " + " | ".join(rps_cell(agg.get((k, c))) for c in CONNS) + " |")
     w("")
     w("## Latency under saturation (wrk, closed loop): p50 / p99 / p99.9 in ms")
     w("")
@@ -670,26 +764,17 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
     w("| target | " + " | ".join(f"c={c}" for c in CONNS) + " |")
     w("|---|" + "---:|" * len(CONNS))
     for k in keys:
-        cells = []
-        for c in CONNS:
-            a = agg.get((k, c))
-            if not a:
-                cells.append("–")
-                continue
-            own = "" if a["cpu_us"] is None else f"{a['cpu_us']:.1f} µs ({a['cpu_pct']:.0f}%); "
-            other = "" if a["foreign"] is None else f"; other load {a['foreign']:.0f}%"
-            cells.append(f"{own}cores {a['core0']:.0f}/{a['core1']:.0f}{other}")
-        w(f"| {LABEL[k]} | " + " | ".join(cells) + " |")
+        w(f"| {LABEL[k]} | " + " | ".join(cpu_cell(agg.get((k, c))) for c in CONNS) + " |")
     w("")
     w("## Ratios (same run)")
     w("")
     w("| ratio | " + " | ".join(f"c={c}" for c in CONNS) + " |")
     w("|---|" + "---:|" * len(CONNS))
 
-    def rr(a, b, field="rps", inv=False):
+    def rr(a, b, field="rps", inv=False, src=agg, conns=CONNS):
         out = []
-        for c in CONNS:
-            x, y = agg.get((a, c)), agg.get((b, c))
+        for c in conns:
+            x, y = src.get((a, c)), src.get((b, c))
             r = ratio(x and x[field], y and y[field])
             out.append(r if not inv or r is None else 1 / r)
         return out
@@ -702,6 +787,10 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
         ("nginx+njs / guestgate intercepted, CPU per request", rr("njs", "gg_msg", "cpu_us")),
         ("nginx proxy_pass / guestgate pass-through, CPU per request", rr("nginx", "gg_pass", "cpu_us")),
         ("guestgate intercepted p99 / nginx p99 (lower is better)", rr("gg_msg", "nginx", "p99")),
+        ("guestgate intercepted / nginx+lua, req/s", rr("gg_msg", "lua")),
+        ("guestgate pass-through / HAProxy, req/s", rr("gg_pass", "haproxy")),
+        ("nginx+lua / guestgate intercepted, CPU per request", rr("lua", "gg_msg", "cpu_us")),
+        ("HAProxy / guestgate pass-through, CPU per request", rr("haproxy", "gg_pass", "cpu_us")),
     ]
     for name, vals in ratio_rows:
         w(f"| {name} | " + " | ".join(fmt_ratio(v) for v in vals) + " |")
@@ -728,14 +817,62 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
               f"{'–' if f.get('cpu_us') is None else format(f['cpu_us'], '.1f')} | "
               f"{'–' if f.get('foreign_pct') is None else format(f['foreign_pct'], '.0f') + '%'} |")
         cpu = {k: (fixed.get(k) or {}).get("cpu_us") for k in keys}
-        if cpu.get("nginx") and cpu.get("gg_msg"):
+        if all(cpu.get(k) for k in keys if k != "direct"):
             w("")
             w(f"At this same request rate the servers' CPU cost per request is the cleanest efficiency "
               f"comparison: guestgate intercepted {cpu['gg_msg']:.1f} µs, guestgate pass-through "
-              f"{cpu['gg_pass']:.1f} µs, nginx proxy_pass {cpu['nginx']:.1f} µs, nginx+njs {cpu['njs']:.1f} µs "
+              f"{cpu['gg_pass']:.1f} µs, nginx proxy_pass {cpu['nginx']:.1f} µs, nginx+njs {cpu['njs']:.1f} µs, "
+              f"nginx+lua {cpu['lua']:.1f} µs, HAProxy {cpu['haproxy']:.1f} µs "
               f"(guestgate intercepted uses {cpu['gg_msg'] / cpu['nginx']:.2f}x nginx's CPU per request).")
     else:
         w("oha not available: fixed-rate latency not measured (wrk figures above are closed-loop).")
+    w("")
+    w(f"## Multi-core: {MC_WORKERS} workers on {MC_WORKERS} cores (load generator shares the cores)")
+    w("")
+    if mc:
+        w(f"guestgate `TOKIO_WORKER_THREADS={MC_WORKERS}` against nginx `worker_processes {MC_WORKERS}` (proxy_pass "
+          f"and nginx+lua), the shared upstream with {MC_WORKERS} workers and wrk with {MC_WORKERS} threads, "
+          + (f"everything pinned to cores {MC_CPUS} (taskset)" if MC_CPUS else "nothing pinned")
+          + ": **the load generator and the upstream share the cores with the server under test**, so req/s is "
+          "what the whole machine does with both sides on it, and a cheaper proxy leaves more CPU to wrk and the "
+          f"upstream. Same configurations, forward checks, round-robin and {ROUNDS} round(s) of {DURATION} s as "
+          "above; medians over rounds.")
+        w("")
+        mc_keys = [t[0] for t in MC_TARGETS]
+        w("| target | " + " | ".join(f"req/s c={c}" for c in MC_CONNS) + " | "
+          + " | ".join(f"CPU c={c}" for c in MC_CONNS) + " |")
+        w("|---|" + "---:|" * (2 * len(MC_CONNS)))
+        for k in mc_keys:
+            w(f"| {MC_LABEL[k]} | " + " | ".join(rps_cell(mc.get((k, c))) for c in MC_CONNS) + " | "
+              + " | ".join(cpu_cell(mc.get((k, c))) for c in MC_CONNS) + " |")
+        w("")
+        w("| ratio | " + " | ".join(f"c={c}" for c in MC_CONNS) + " |")
+        w("|---|" + "---:|" * len(MC_CONNS))
+        mc_rows = [
+            ("guestgate intercepted / nginx+lua, req/s", rr("gg_msg", "lua", src=mc, conns=MC_CONNS)),
+            ("guestgate pass-through / nginx proxy_pass, req/s", rr("gg_pass", "nginx", src=mc, conns=MC_CONNS)),
+            ("nginx+lua / guestgate intercepted, CPU per request", rr("lua", "gg_msg", "cpu_us", src=mc,
+                                                                      conns=MC_CONNS)),
+            ("nginx proxy_pass / guestgate pass-through, CPU per request", rr("nginx", "gg_pass", "cpu_us", src=mc,
+                                                                              conns=MC_CONNS)),
+        ]
+        for k in mc_keys:
+            mc_rows.append((f"{MC_LABEL[k]}: {MC_WORKERS} workers / 1 worker (the table above), req/s", [
+                ratio(mc.get((k, c), {}).get("rps"), agg.get((k, c), {}).get("rps")) for c in MC_CONNS]))
+        for name, vals in mc_rows:
+            w(f"| {name} | " + " | ".join(fmt_ratio(v) for v in vals) + " |")
+        if PIN:
+            w("")
+            w("The last rows compare with the one-worker runs above, where the server had core 1 to itself and wrk "
+              "and the upstream had core 0: a server that scales as well as nginx has the same factor as nginx.")
+        if len(MC_CONNS) > 1:
+            lo, hi = MC_CONNS[0], MC_CONNS[-1]
+            w("")
+            w(f"c={hi} / c={lo} with {MC_WORKERS} workers: " + ", ".join(
+                f"{MC_LABEL[k]} {fmt_ratio(ratio(mc.get((k, hi), {}).get('rps'), mc.get((k, lo), {}).get('rps')))}"
+                for k in mc_keys) + ".")
+    else:
+        w("not run (MULTICORE=0).")
     w("")
     w(f"## Memory with {IDLE_CONNS} idle keep-alive connections")
     w("")
@@ -764,8 +901,55 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
         w("not run (SKIP_CRITERION=1 or failed).")
     w("")
 
-    # targets
-    w("## Targets")
+    # targets of issue 13: ratios at c=32 and c=256 from this run
+    w("## Targets (issue 13)")
+    w("")
+    w("| target | result | met? |")
+    w("|---|---|:---:|")
+    need = (32, 256)
+
+    def at(k, c, field="rps"):
+        a = agg.get((k, c))
+        return a and a[field]
+
+    def judge13(pairs, thr, higher=True):
+        """pairs: [(name, value or None)]; met only if every value is measured and on the right side."""
+        measured = [v for _n, v in pairs if v is not None]
+        bad = [v for v in measured if (v < thr if higher else v > thr)]
+        txt = ", ".join(f"{n}: {'not measured' if v is None else fmt_ratio(v)}" for n, v in pairs)
+        if bad:
+            return txt, "**no**"
+        if len(measured) < len(pairs):
+            return txt, "not measured" if not measured else "incomplete (rest yes)"
+        return txt, "yes"
+
+    for name, a, b, thr in (
+        ("intercepted req/s ≥ 1.25x nginx+lua", "gg_msg", "lua", 1.25),
+        ("intercepted req/s ≥ 1.5x nginx+njs", "gg_msg", "njs", 1.5),
+        ("pass-through req/s ≥ 1.0x nginx proxy_pass", "gg_pass", "nginx", 1.0),
+        ("pass-through req/s ≥ 0.95x HAProxy", "gg_pass", "haproxy", 0.95),
+    ):
+        txt, met = judge13([(f"c={c}", ratio(at(a, c), at(b, c))) for c in need], thr)
+        w(f"| {name} | {txt} | {met} |")
+    txt, met = judge13([(route, ratio(at(k, 256), at(k, 32))) for k, route in
+                        (("gg_msg", "intercepted"), ("gg_pass", "pass-through"))], 0.9)
+    w(f"| guestgate c=256 req/s ≥ 0.9x its own c=32 | {txt} | {met} |")
+    fg, fp, fn = ((fixed.get(k) or {}).get("p99") for k in ("gg_msg", "gg_pass", "nginx"))
+    if fg is not None and fn is not None:
+        w(f"| fixed-rate p99 at 32 connections ≤ nginx proxy_pass's | intercepted {fg * 1000:.2f} ms vs nginx "
+          f"{fn * 1000:.2f} ms (pass-through {'–' if fp is None else format(fp * 1000, '.2f')} ms), "
+          f"{fixed_rate:,} req/s | {'yes' if fg <= fn else '**no**'} |")
+    else:
+        w("| fixed-rate p99 at 32 connections ≤ nginx proxy_pass's | not measured (no oha, or c=32 not run) | "
+          "not measured |")
+    if g:
+        w(f"| RSS with {IDLE_CONNS} idle keep-alive connections ≤ 25 MiB | peak {g['VmHWM'] / 1024:.1f} MiB "
+          f"(with them open {g['VmRSS'] / 1024:.1f} MiB; {g['open']} open) | "
+          f"{'yes' if g['VmHWM'] <= 25 * 1024 and g['open'] >= IDLE_CONNS else '**no**'} |")
+    else:
+        w(f"| RSS with {IDLE_CONNS} idle keep-alive connections ≤ 25 MiB | not measured | not measured |")
+    w("")
+    w("## Targets (issue 5)")
     w("")
     w("| target | result | met? |")
     w("|---|---|:---:|")
@@ -825,6 +1009,46 @@ def report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, load_before,
 
 # ---------------------------------------------------------------- main
 
+def interleaved(servers, targets, conns_list, cpus=LOADGEN_CPUS, threads=None, tag=""):
+    """Every target at every concurrency, ROUNDS rounds, start rotated every round."""
+    runs = {}
+    total = len(conns_list) * ROUNDS * len(targets)
+    n = 0
+    for c in conns_list:
+        for rnd in range(ROUNDS):
+            order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+            for key, _l, port, path in order:
+                n += 1
+                r = measure(servers, key, port, path, c, DURATION, cpus, threads)
+                runs.setdefault((key, c), []).append(r)
+                log(f"{tag}[{n}/{total}] c={c} round {rnd + 1} {key}: {r['rps']:,.0f} req/s "
+                    f"p99 {r['lat_p99_us'] / 1000:.2f} ms errors {r['errors']} "
+                    f"cores {r['core_busy'].get(0, 0):.0f}/{r['core_busy'].get(1, 0):.0f} "
+                    f"other load {r['foreign_pct']:.0f}%")
+    return runs
+
+
+def multicore():
+    """2 workers per server (guestgate TOKIO_WORKER_THREADS=2, nginx worker_processes 2), the shared
+    upstream (2 workers) and wrk (2 threads) all on the same cores 0-1."""
+    servers = Servers()
+    try:
+        servers.start_nginx("upstream", "upstream", UPSTREAM_PORT, MC_CPUS, workers=MC_WORKERS)
+        servers.start_nginx("nginx", "proxy", NGINX_PORT, MC_CPUS, workers=MC_WORKERS)
+        servers.start_nginx("lua", "lua", LUA_PORT, MC_CPUS, workers=MC_WORKERS)
+        servers.gg = servers.start_guestgate(GG_PORT, GG_ADMIN_PORT, MC_CPUS, MC_WORKERS)
+        problems, _ = verify(MC_TARGETS)
+        if problems:
+            raise SystemExit("multi-core forwarding check failed:\n  " + "\n  ".join(problems))
+        log("multi-core: forwarding checked: ok")
+        for key, _l, port, path in MC_TARGETS:
+            log(f"multi-core warm-up {key}")
+            wrk(key, port, path, 32, WARMUP, MC_CPUS, MC_WORKERS)
+        return interleaved(servers, MC_TARGETS, MC_CONNS, MC_CPUS, MC_WORKERS, "multi-core ")
+    finally:
+        servers.stop_all()
+
+
 def main():
     t_start = time.time()
     if not os.path.exists(GUESTGATE):
@@ -833,7 +1057,7 @@ def main():
         raise SystemExit("PIN=1 needs two cores")
     os.makedirs(WORK, exist_ok=True)
     os.makedirs(RESULTS, exist_ok=True)
-    for port in range(PORT_BASE, PORT_BASE + 8):
+    for port in range(PORT_BASE, PORT_BASE + PORTS_USED):
         if not port_free(port):
             raise SystemExit(f"port {port} is busy (set BENCH_PORT_BASE)")
     info = machine_info()
@@ -845,38 +1069,29 @@ def main():
         "fetch": f"set $bench_upstream_port {UPSTREAM_PORT}; js_content guest.content;",
     }[NJS_MODE]
     runs = {}
+    mc_runs = {}
     fixed = {}
     fixed_rate = None
     try:
         servers.start_nginx("upstream", "upstream", UPSTREAM_PORT, LOADGEN_CPUS)
         servers.start_nginx("nginx", "proxy", NGINX_PORT, PROXY_CPUS)
         servers.start_nginx("njs", "njs", NJS_PORT, PROXY_CPUS, {"@NJS_LOCATION@": njs_loc})
+        servers.start_nginx("lua", "lua", LUA_PORT, PROXY_CPUS)
+        servers.start_haproxy(HAPROXY_PORT, PROXY_CPUS)
         servers.gg = servers.start_guestgate(GG_PORT, GG_ADMIN_PORT, PROXY_CPUS, SERVER_WORKERS)
-        problems, refusals = verify(servers)
+        problems, refusals = verify()
         if problems:
             raise SystemExit("forwarding check failed:\n  " + "\n  ".join(problems))
         log("forwarding checked: ok; refusals", refusals)
         for key, _l, port, path in TARGETS:
             log(f"warm-up {key}")
             wrk(key, port, path, 32, WARMUP)
-        total = len(CONNS) * ROUNDS * len(TARGETS)
-        n = 0
-        for c in CONNS:
-            for rnd in range(ROUNDS):
-                order = TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)]
-                for key, _l, port, path in order:
-                    n += 1
-                    r = measure(servers, key, port, path, c, DURATION)
-                    runs.setdefault((key, c), []).append(r)
-                    log(f"[{n}/{total}] c={c} round {rnd + 1} {key}: {r['rps']:,.0f} req/s "
-                        f"p99 {r['lat_p99_us'] / 1000:.2f} ms errors {r['errors']} "
-                        f"cores {r['core_busy'].get(0, 0):.0f}/{r['core_busy'].get(1, 0):.0f} "
-                        f"other load {r['foreign_pct']:.0f}%")
+        runs = interleaved(servers, TARGETS, CONNS)
         gg_after = read_status(servers.gg.pid)
         log("guestgate after load:", gg_after)
         # fixed-rate latency at c=32, below everyone's capacity
         if 32 in CONNS:
-            slowest = min(statistics.median(x["rps"] for x in runs[(k, 32)]) for k in ("nginx", "njs", "gg_msg", "gg_pass"))
+            slowest = min(statistics.median(x["rps"] for x in runs[(k, 32)]) for k in ("nginx", "njs", "gg_msg", "gg_pass", "lua", "haproxy"))
             fixed_rate = int(slowest * 0.5 / 100) * 100 or 100
             fixed_runs = {}
             for rnd in range(FIXED_ROUNDS):
@@ -890,6 +1105,9 @@ def main():
                         f"other load {f['foreign_pct']:.0f}%")
             fixed = {k: fixed_agg(v) for k, v in fixed_runs.items()} if len(fixed_runs) == len(TARGETS) else {}
         servers.stop_all()
+        if MULTICORE:
+            log(f"multi-core section: {MC_WORKERS} workers, wrk on the same cores")
+            mc_runs = multicore()
         servers = Servers()
         servers.start_nginx("upstream", "upstream", UPSTREAM_PORT, LOADGEN_CPUS)
         log(f"idle connections test ({IDLE_CONNS})")
@@ -902,13 +1120,14 @@ def main():
     load_after = open("/proc/loadavg").read().split()[:3]
     now = datetime.datetime.now()
     cfg = {"date": now.strftime("%Y-%m-%d %H:%M")}
-    md = report(info, cfg, runs, fixed, fixed_rate, rss, crit, refusals, " ".join(load_before),
+    md = report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, " ".join(load_before),
                 " ".join(load_after), time.time() - t_start)
     name = f"{now.strftime('%Y-%m-%d')}-{info['host']}{'-quick' if QUICK else ''}.md"
     path = os.path.join(RESULTS, name)
     with open(path, "w") as f:
         f.write(md)
-    raw = {"info": info, "runs": {f"{k}@{c}": v for (k, c), v in runs.items()}, "fixed": fixed,
+    raw = {"info": info, "runs": {f"{k}@{c}": v for (k, c), v in runs.items()},
+           "multicore_runs": {f"{k}@{c}": v for (k, c), v in mc_runs.items()}, "fixed": fixed,
            "fixed_rate": fixed_rate, "rss": rss, "criterion": crit, "guestgate_after_load": gg_after}
     with open(os.path.join(WORK, "last-run.json"), "w") as f:
         json.dump(raw, f, indent=1)

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# guestgate benchmark (issue 5): one command.
+# guestgate benchmark (issues 5 and 13): one command.
 #
-#   bench/run.sh            full run (about 7 min of measuring, plus the builds:
-#                           about 9 min in all with a warm target dir, 13 from clean)
-#   QUICK=1 bench/run.sh    short run (~3 min once built)
+#   bench/run.sh            full run (about 12 min of measuring, plus the builds:
+#                           about 14 min in all with a warm target dir, 18 from clean)
+#   QUICK=1 bench/run.sh    short run (~4-5 min once built)
 #
-# Installs what it needs (Debian: nginx, njs module, echo module, wrk; crates.io:
-# oha for the fixed-rate latency run), builds guestgate in release mode into
+# Installs what it needs (Debian: nginx, libnginx-mod-http-js (njs),
+# libnginx-mod-http-echo, libnginx-mod-http-ndk + libnginx-mod-http-lua +
+# lua-cjson (the nginx+lua row), haproxy, wrk; crates.io: oha for the
+# fixed-rate latency run), builds guestgate in release mode into
 # target/bench, then runs bench/bench.py, which starts everything on loopback,
 # measures, and writes bench/results/<date>-<host>.md (and prints it).
 #
 # Knobs (environment): QUICK=1, ROUNDS, DURATION (s), CONNS (e.g. 1,32,256),
 # PIN=0 (no core pinning), NJS_MODE=js_set|fetch, SKIP_CRITERION=1,
-# NO_OHA=1 (do not install oha), BENCH_PORT_BASE (default 18081, uses 8 ports).
+# NO_OHA=1 (do not install oha), MULTICORE=0 (skip the 2-worker section),
+# MC_CONNS (its concurrencies, default 32,256), BENCH_PORT_BASE (default 18081,
+# uses 10 ports).
 set -euo pipefail
 
 BENCH_STARTED="${BENCH_STARTED:-$(date +%s)}"
@@ -28,6 +32,11 @@ missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_js_module.so ] || missing+=(libnginx-mod-http-js)
 [ -e /usr/lib/nginx/modules/ngx_http_echo_module.so ] || missing+=(libnginx-mod-http-echo)
+[ -e /usr/lib/nginx/modules/ndk_http_module.so ] || missing+=(libnginx-mod-http-ndk)
+[ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] || missing+=(libnginx-mod-http-lua)
+# cjson for LuaJIT (the lua 5.1 ABI): /usr/lib/<multiarch>/lua/5.1/cjson.so
+compgen -G '/usr/lib/*/lua/5.1/cjson.so' >/dev/null || missing+=(lua-cjson)
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
