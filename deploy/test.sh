@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Shipping tests: Kubernetes/compose manifest validation, then the container
-# build-and-run test. Installs what it needs (Debian, root). Ends with one
-# line `summary: N passed, M failed` (both parts together; each part's own
-# count is shown as `manifests (N passed, M failed)`); non-zero exit if
-# either part fails.
+# Shipping tests: Kubernetes/compose manifest validation, the Grafana
+# dashboard and Prometheus alert rules (checked against a live scrape of the
+# binary), then the container build-and-run test. Installs what it needs
+# (Debian, root). Ends with one line `summary: N passed, M failed` (all parts
+# together; each part's own count is shown as `manifests (N passed, M
+# failed)`); non-zero exit if any part fails.
 #
 #   bash deploy/test.sh
 set -uo pipefail
@@ -32,6 +33,7 @@ part() {
 }
 
 part manifests "$here/validate-manifests.sh"
+part observability "$here/validate-observability.sh"
 part container "$here/test-container.sh"
 echo "summary: $PASSED passed, $FAILED failed"
 exit "$rc"

@@ -5,7 +5,8 @@
 #  - ensure_deploy_venv: the Python tools pinned in deploy/requirements.txt, in
 #    a venv at deploy/.venv (recreated when requirements.txt changes), never
 #    in the system Python (Debian's is externally managed, PEP 668). Sets
-#    DEPLOY_PY (the venv's python) and DEPLOY_BIN (its bin directory).
+#    DEPLOY_PY (the venv's python) and DEPLOY_BIN (its bin directory);
+#  - ensure_promtool: promtool from Debian's `prometheus` package, when missing.
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DEPLOY_VENV="$DEPLOY_DIR/.venv"
@@ -42,4 +43,10 @@ ensure_deploy_venv() {
   fi
   "$DEPLOY_PY" -m pip install --quiet --disable-pip-version-check -r "$DEPLOY_DIR/requirements.txt" \
     && cp "$DEPLOY_DIR/requirements.txt" "$DEPLOY_VENV/requirements.txt.installed"
+}
+
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  echo "deploy: installing Debian's prometheus package (for promtool)" >&2
+  deploy_apt_install --no-install-recommends prometheus && command -v promtool >/dev/null 2>&1
 }

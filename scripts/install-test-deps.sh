@@ -9,3 +9,7 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+# promtool (Debian's prometheus package) for the alert rules of the shipping tests.
+# shellcheck source=deploy/tools.sh
+. deploy/tools.sh
+ensure_promtool || echo "promtool is missing; the shipping suite's alert checks will fail" >&2
