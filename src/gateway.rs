@@ -190,6 +190,7 @@ impl Gateway {
     /// balancers stop sending new requests while in-flight ones drain.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.metrics.set_ready(false);
     }
 
     /// Runs one upstream connect check and caches its result.
@@ -205,6 +206,8 @@ impl Gateway {
             *detail = result.as_ref().err().cloned().unwrap_or_default();
         }
         self.ready.store(result.is_ok(), Ordering::Relaxed);
+        self.metrics
+            .set_ready(result.is_ok() && !self.draining.load(Ordering::Relaxed));
     }
 
     /// Checks the upstream every `admin.readiness_interval_secs` until the

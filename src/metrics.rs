@@ -108,6 +108,7 @@ pub struct Metrics {
     upgrades: Counter,
     open_upgrades: Gauge,
     reloads: Family<ResultLabel, Counter>,
+    ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -212,6 +213,17 @@ impl Metrics {
             "Configuration reloads, by result (ok, refused)",
             reloads.clone(),
         );
+        // Both series exist from the start, so the first refusal is an
+        // increase an alert can see.
+        for result in ["ok", "refused"] {
+            reloads.get_or_create(&ResultLabel { result });
+        }
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200 (upstream reachable, not draining), else 0",
+            ready.clone(),
+        );
         Self {
             registry,
             requests,
@@ -230,6 +242,7 @@ impl Metrics {
             upgrades,
             open_upgrades,
             reloads,
+            ready,
         }
     }
 
@@ -345,6 +358,11 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Records whether `/readyz` answers 200.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// Marks a client connection open until the guard is dropped.

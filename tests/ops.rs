@@ -239,6 +239,7 @@ async fn healthz_and_readyz_follow_the_upstream() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(ready, 200);
+    assert!(proxy.metrics().contains("\nguestgate_ready 1\n"));
     // The readiness checks connected, but sent no request.
     assert_eq!(upstream.count(), 0);
     proxy.shutdown().await;
@@ -252,6 +253,7 @@ async fn healthz_and_readyz_follow_the_upstream() {
     let (status, text) = get_text(&client, format!("http://{admin}/readyz")).await;
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("not ready"), "{text}");
+    assert!(proxy.metrics().contains("\nguestgate_ready 0\n"));
     assert_eq!(
         get_text(&client, format!("http://{admin}/healthz")).await.0,
         200
@@ -268,6 +270,15 @@ async fn reload_under_load_loses_no_request() {
     let file = dir.join("guestgate.toml");
     std::fs::write(&file, "[guest_messages]\nto = { id = \"queue-a\" }\n").unwrap();
     let proxy = Arc::new(proxy_from_file(&file, &upstream).await);
+    // Both series exist before any reload, so an alert sees the first refusal.
+    for result in ["ok", "refused"] {
+        let count = metric(
+            &proxy.metrics(),
+            "guestgate_config_reloads_total",
+            &[("result", result)],
+        );
+        assert_eq!(count, Some(0.0), "{result}");
+    }
     let addr = proxy.addr;
     let sent = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
