@@ -216,7 +216,7 @@ impl Metrics {
         // Both series exist from the start, so the first refusal is an
         // increase an alert can see.
         for result in ["ok", "refused"] {
-            reloads.get_or_create(&ResultLabel { result });
+            drop(reloads.get_or_create(&ResultLabel { result }));
         }
         let ready = Gauge::default();
         registry.register(
