@@ -48,6 +48,7 @@ REQUIRED = [
     "guestgate_websocket_messages_total",
     "guestgate_websocket_closes_total",
     "guestgate_config_reloads_total",
+    "guestgate_ready",
 ]
 SUFFIXES = {
     "counter": ["_total"],

@@ -10,8 +10,12 @@ ports, then sends requests so that the labelled series appear: 2xx/4xx/5xx,
 the rejection reasons invalid-body, field-required, upstream-unreachable,
 upstream-failed and upstream-timeout, edits, report-only changes, WebSocket
 messages relayed/edited/refused and a 1008 close, one reload applied and one
-refused. Writes the exposition to OUT_FILE. Standard library only; only
-loopback addresses are used. Exits non-zero (with the proxy's log) if
+refused. Also checked on the way: both guestgate_config_reloads_total series
+are there at 0 before any reload, and guestgate_ready is 1 once the upstream
+check connected. Writes the exposition to OUT_FILE; then, with a WebSocket
+held open so the drain lasts, sends SIGTERM and checks that guestgate_ready
+turns 0 while the proxy drains. Standard library only; only loopback
+addresses are used. Exits non-zero (with the proxy's log) if
 anything does not answer as expected.
 """
 import base64
@@ -191,8 +195,8 @@ def http(base, method, path, body=None):
         return e.code
 
 
-def websocket_session(port):
-    """A message edited, one relayed, one refused (guestgate closes with 1008)."""
+def websocket_connect(port):
+    """An upgraded WebSocket through guestgate: (socket, its reading file)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall(
@@ -208,6 +212,12 @@ def websocket_session(port):
         raise RuntimeError(f"WebSocket upgrade answered {status!r}")
     while f.readline() not in (b"\r\n", b""):
         pass
+    return s, f
+
+
+def websocket_session(port):
+    """A message edited, one relayed, one refused (guestgate closes with 1008)."""
+    s, f = websocket_connect(port)
     got = []
     for msg in (
         {"action": "onMessage", "token": "t", "message": {"id": "m1", "type": "Text"}},
@@ -231,6 +241,21 @@ def websocket_session(port):
 def scrape(admin):
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
         return r.read().decode()
+
+
+def sample(text, name, labels=""):
+    """The value of the series `name{labels}` in an exposition, or None."""
+    series = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[1])
+    return None
+
+
+def reloads(admin):
+    """(applied, refused) reloads in a scrape."""
+    text = scrape(admin)
+    return tuple(sample(text, "guestgate_config_reloads_total", f'result="{r}"') for r in ("ok", "refused"))
 
 
 def wait_until(what, pred, seconds=15):
@@ -264,6 +289,12 @@ def main():
     base = f"http://127.0.0.1:{ports['proxy']}"
     try:
         wait_until("the admin listener", lambda: "guestgate_open_connections" in scrape(ports["admin"]))
+        first = scrape(ports["admin"])
+        for result in ("ok", "refused"):
+            got = sample(first, "guestgate_config_reloads_total", f'result="{result}"')
+            if got != 0:
+                raise RuntimeError(f'guestgate_config_reloads_total{{result="{result}"}} before any reload: expected 0, got {got}')
+        wait_until("guestgate_ready 1", lambda: sample(scrape(ports["admin"]), "guestgate_ready") == 1)
         expect = [
             ("POST", "/api/messages", '{"id":"c1","text":"hi"}', 200),
             ("POST", "/api/messages", '{"id":"c2"}', 400),
@@ -281,11 +312,11 @@ def main():
                 raise RuntimeError(f"{method} {path}: expected {want}, got {got}")
         websocket_session(ports["proxy"])
         proc.send_signal(signal.SIGHUP)
-        wait_until("the applied reload", lambda: 'result="ok"' in scrape(ports["admin"]))
+        wait_until("the applied reload", lambda: reloads(ports["admin"]) == (1, 0))
         with open(config, "a", encoding="utf-8") as f:
             f.write("\n[[rules]\n")
         proc.send_signal(signal.SIGHUP)
-        wait_until("the refused reload", lambda: 'result="refused"' in scrape(ports["admin"]))
+        wait_until("the refused reload", lambda: reloads(ports["admin"]) == (1, 1))
         # The WebSocket close is counted when guestgate's side of it ends.
         wait_until("the WebSocket close", lambda: "guestgate_websocket_closes_total{" in scrape(ports["admin"]))
         text = scrape(ports["admin"])
@@ -293,6 +324,14 @@ def main():
             f.write(text)
         print(f"scraped {sum(1 for l in text.splitlines() if l.startswith('# TYPE'))} metric families "
               f"from {binary}")
+        # Draining: an open WebSocket keeps the process in its drain.
+        held, held_file = websocket_connect(ports["proxy"])
+        proc.send_signal(signal.SIGTERM)
+        wait_until("guestgate_ready 0 while draining", lambda: sample(scrape(ports["admin"]), "guestgate_ready") == 0)
+        held.sendall(frame(8, struct.pack("!H", 1000), mask=True))
+        held_file.close()
+        held.close()
+        print("reload counters start at 0; guestgate_ready is 1 when ready and 0 while draining")
     except Exception as e:  # noqa: BLE001 - report any failure with the proxy's log
         log.flush()
         log.seek(0)
