@@ -23,6 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rules  # noqa: E402  (shares the A/B machinery)
 
 CONNS = [int(c) for c in os.environ.get("CONNS", "32,256").split(",")]
+# WORKERS=2: two guestgate workers, nothing pinned, wrk with two threads
+# (load generator and upstream share the cores with guestgate).
+WORKERS = int(os.environ.get("WORKERS", "1"))
+PROXY_CPUS, WRK_CPUS = ("1", "0") if WORKERS == 1 else (None, None)
 ROUTES = [
     ("intercepted", rules.SHORTHAND_PATH),
     ("pass-through", rules.SHORTHAND_PATH.replace("/messages", "/attachments")),
@@ -47,11 +51,13 @@ def main():
             for conns in CONNS:
                 for route, path in ROUTES:
                     for name, binary in builds:
-                        proc = rules.start_guestgate(binary, rules.SHORTHAND, work)
+                        proc = rules.start_guestgate(binary, rules.SHORTHAND, work,
+                                                     WORKERS, PROXY_CPUS)
                         try:
                             rules.check_forward(path)
-                            rules.run_wrk(path, proc.pid, conns)  # warm-up
-                            result = rules.run_wrk(path, proc.pid, conns)
+                            wrk = (path, proc.pid, conns, WRK_CPUS, WORKERS)
+                            rules.run_wrk(*wrk)  # warm-up
+                            result = rules.run_wrk(*wrk)
                         finally:
                             proc.terminate()
                             proc.wait()
@@ -62,9 +68,12 @@ def main():
         nginx.terminate()
         nginx.wait()
     first = builds[0][0]
+    setup = ("guestgate on core 1 (one worker), wrk and the nginx upstream on core 0"
+             if WORKERS == 1 else
+             f"guestgate with {WORKERS} workers, wrk ({WORKERS} threads) and the nginx upstream "
+             "unpinned on the same cores")
     lines = [
-        f"{rules.ROUNDS} interleaved rounds of {rules.DURATION} s; guestgate on core 1 (one worker), "
-        "wrk and the nginx upstream on core 0; medians.",
+        f"{rules.ROUNDS} interleaved rounds of {rules.DURATION} s; {setup}; medians.",
         "",
         f"| c | route | build | req/s | CPU us/request | req/s vs {first} | CPU vs {first} |",
         "|---:|---|---|---:|---:|---:|---:|",

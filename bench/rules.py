@@ -85,7 +85,7 @@ def wait_port(port):
     raise SystemExit(f"nothing listens on {port}")
 
 
-def start_guestgate(binary, config, work):
+def start_guestgate(binary, config, work, workers=1, cpus="1"):
     path = os.path.join(work, "guestgate.toml")
     with open(path, "w") as f:
         f.write(config)
@@ -96,12 +96,13 @@ def start_guestgate(binary, config, work):
             "GUESTGATE__ADMIN__LISTEN": f"127.0.0.1:{ADMIN}",
             "GUESTGATE__UPSTREAM__BASE_URL": f"http://127.0.0.1:{UPSTREAM}",
             "GUESTGATE__LOG__LEVEL": "warn",
-            "TOKIO_WORKER_THREADS": "1",
+            "TOKIO_WORKER_THREADS": str(workers),
         }
     )
     env.pop("GUESTGATE__GUEST_MESSAGES__TO__ID", None)
+    pin = ["taskset", "-c", cpus] if cpus else []
     proc = subprocess.Popen(
-        ["taskset", "-c", "1", binary, "--config", path],
+        pin + [binary, "--config", path],
         env=env,
         stdout=subprocess.DEVNULL,
     )
@@ -121,10 +122,11 @@ def check_forward(path):
         raise SystemExit(f"{path}: HTTP {out}")
 
 
-def run_wrk(path, pid, conns=CONNS):
+def run_wrk(path, pid, conns=CONNS, cpus="0", threads=1):
     before = cpu_ticks(pid)
+    pin = ["taskset", "-c", cpus] if cpus else []
     out = subprocess.run(
-        ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{DURATION}s",
+        pin + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{DURATION}s",
          "-s", f"{BENCH}/lib/post.lua", f"http://127.0.0.1:{PROXY}{path}"],
         capture_output=True, text=True, check=True,
         env={**os.environ, "BENCH_BODY_FILE": f"{BENCH}/lib/message.json"},
