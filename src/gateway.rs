@@ -98,7 +98,8 @@ impl Generation {
             Some(cors) if Cors::applies(&request) => {
                 let mut request = request;
                 request.extensions_mut().insert(client);
-                cors.call(request).await
+                // Boxed: the router's state would otherwise enlarge every request's.
+                Box::pin(cors.call(request)).await
             }
             Some(_) if !request.headers().contains_key(header::ORIGIN) => {
                 let response = proxy::handle(self.clone(), request, client).await;

@@ -57,11 +57,32 @@ pub async fn intercept(
     if let Some(encoding) = encoding {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
     }
-    if encoding.is_none() {
-        let (parts, body) = request.into_parts();
-        let body = read_limited(&generation, body, false).await?;
-        return forward_edited(&generation, &rule, parts, client, body, &route_path).await;
+    let (parts, body) = request.into_parts();
+    match encoding {
+        None => {
+            let body = read_limited(&generation, body, false).await?;
+            forward_edited(&generation, &rule, parts, client, body, &route_path).await
+        }
+        // Rare, and its decoder's state is large: boxed, so the usual
+        // request's state stays small.
+        Some(_) => {
+            let request = Request::from_parts(parts, body);
+            Box::pin(intercept_encoded(
+                generation, rule, request, client, route_path,
+            ))
+            .await
+        }
     }
+}
+
+/// Decodes a gzip, deflate or br body (tower-http), then edits and forwards it.
+async fn intercept_encoded(
+    generation: Arc<Generation>,
+    rule: Arc<Rule>,
+    request: Request,
+    client: ClientInfo,
+    route_path: String,
+) -> Result<Response, ProxyError> {
     let limit = generation.config.limits.max_body_bytes;
     // The compressed stream may not be larger than the decoded limit either.
     let request = request.map(|body| Body::new(Limited::new(body, limit)));
@@ -173,18 +194,31 @@ async fn forward_edited(
         None => headers.remove(header::CONTENT_TYPE),
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let mut outgoing = Request::new(body);
+    *outgoing.method_mut() = canonical_method(parts.method);
+    *outgoing.uri_mut() = uri;
+    *outgoing.headers_mut() = headers;
     let mut response = upstream
         .send_with_retry(
             &rule.retry,
-            &uri,
-            headers,
-            body,
+            outgoing,
             &generation.metrics,
             RouteKind::Intercepted.as_str(),
         )
         .await?;
     headers::prepare_response(&mut response);
     Ok(response)
+}
+
+/// The method in capitals: a rule matches `post` as POST (not every server
+/// tells them apart), so the upstream is sent the one it surely knows.
+fn canonical_method(method: http::Method) -> http::Method {
+    let name = method.as_str();
+    if name.bytes().any(|b| b.is_ascii_lowercase()) {
+        http::Method::from_bytes(name.to_ascii_uppercase().as_bytes()).unwrap_or(method)
+    } else {
+        method
+    }
 }
 
 /// report_only: the decoded body goes upstream as the client sent it; what

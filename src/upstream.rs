@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
-use http::{Method, Request, Response, Uri};
+use http::header;
+use http::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -135,6 +135,10 @@ pub struct BaseUrl {
     pub path_prefix: String,
 }
 
+/// An upstream exchange under way, until the response head.
+pub type Sending<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>>;
+
 /// The clients to one configured upstream.
 pub struct Upstream {
     /// guestgate's own per-worker HTTP/1 pool, for a plain `http` upstream.
@@ -224,11 +228,14 @@ impl Upstream {
 
     /// Sends a prepared request and waits for the response head. Only
     /// upgrade requests keep an `Upgrade` header (see [`prepare_headers`]).
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    ///
+    /// Boxed: the exchange's state is a few KiB, and every caller up to the
+    /// connection would otherwise hold (and move) room for it.
+    pub fn send(&self, request: Request<Body>) -> Sending<'_> {
         let upgrade = request.headers().contains_key(header::UPGRADE);
         match &self.http1 {
-            Some(pool) if !upgrade => self.send_http1(request, pool).await,
-            _ => self.send_pooled(request, upgrade).await,
+            Some(pool) if !upgrade => Box::pin(self.send_http1(request, pool)),
+            _ => Box::pin(self.send_pooled(request, upgrade)),
         }
     }
 
@@ -285,29 +292,28 @@ impl Upstream {
         }
     }
 
-    /// Sends an intercepted route's edited body, retrying per its `retry`
+    /// Sends an intercepted route's edited request, retrying per its `retry`
     /// settings. The body is complete in memory, so every attempt sends the
     /// same bytes; each attempt's latency goes to `metrics` under `route`.
     pub async fn send_with_retry(
         &self,
         retry: &RetrySettings,
-        uri: &Uri,
-        mut headers: HeaderMap,
-        body: Bytes,
+        request: Request<Bytes>,
         metrics: &Metrics,
         route: &'static str,
     ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = request.into_parts();
         let mut attempt = 1;
         loop {
             let last = attempt >= retry.attempts;
             let mut outgoing = Request::new(Body::from(body.clone()));
-            *outgoing.method_mut() = Method::POST;
-            *outgoing.uri_mut() = uri.clone();
+            *outgoing.method_mut() = parts.method.clone();
+            *outgoing.uri_mut() = parts.uri.clone();
             // The last attempt takes the headers; earlier ones send copies.
             *outgoing.headers_mut() = if last {
-                std::mem::take(&mut headers)
+                std::mem::take(&mut parts.headers)
             } else {
-                headers.clone()
+                parts.headers.clone()
             };
             let started = Instant::now();
             let result = self.send(outgoing).await;

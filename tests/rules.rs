@@ -127,6 +127,17 @@ async fn first_matching_rule_applies_and_other_requests_pass_through() {
         0,
         "nothing of a refused body is forwarded"
     );
+    // An accepted PUT is edited and reaches the upstream as a PUT.
+    let accepted = br#"{"body":"hi","id":"client-id"}"#;
+    let put = format!(
+        "PUT {SEND} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        accepted.len()
+    );
+    let answered = raw(proxy.addr, &[put.as_bytes(), accepted].concat()).await;
+    assert_eq!(answered.status, 200, "{}", answered.body_str());
+    let sent = upstream.requests().pop().unwrap();
+    assert_eq!(sent.method, "PUT");
+    assert_eq!(sent.body_str(), r#"{"body":"hi","id":"client-id"}"#);
     // A GET on a rule's path and a POST elsewhere pass through untouched.
     raw(
         proxy.addr,
@@ -137,7 +148,7 @@ async fn first_matching_rule_applies_and_other_requests_pass_through() {
     raw(proxy.addr, &post("/api/v2/other", "", odd)).await;
     // The report's route is no rule here: guest_messages.to is not set.
     raw(proxy.addr, &post(common::ROUTE, "", odd)).await;
-    let seen = upstream.requests();
+    let seen = &upstream.requests()[1..];
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[0].method, "GET");
     assert_eq!(&seen[1].body[..], odd, "pass-through bytes unchanged");
