@@ -18,6 +18,7 @@ use crate::edit::{Edits, Op};
 use crate::error::ProxyError;
 use crate::gateway::Generation;
 use crate::headers;
+use crate::otel;
 use crate::routing::RouteKind;
 use crate::rules::{BodyKind, Rule};
 use crate::sanitize::{self, BodyError};
@@ -173,16 +174,16 @@ async fn forward_edited(
         None => headers.remove(header::CONTENT_TYPE),
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    let mut response = upstream
-        .send_with_retry(
-            &rule.retry,
-            &uri,
-            headers,
-            body,
-            &generation.metrics,
-            RouteKind::Intercepted.as_str(),
-        )
-        .await?;
+    let traced = otel::ClientSpan::start(&http::Method::POST, &uri, &mut headers);
+    let sending = upstream.send_with_retry(
+        &rule.retry,
+        &uri,
+        headers,
+        body,
+        &generation.metrics,
+        RouteKind::Intercepted.as_str(),
+    );
+    let mut response = otel::send(traced, sending).await?;
     headers::prepare_response(&mut response);
     Ok(response)
 }

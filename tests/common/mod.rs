@@ -439,6 +439,22 @@ impl Binary {
         std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
     }
 
+    /// Sends SIGTERM and waits (at most 20 s) for the graceful exit.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..800 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("guestgate did not exit within 20 s of SIGTERM");
+    }
+
     /// `GET /metrics` from the admin listener.
     pub async fn metrics(&self) -> String {
         raw(
