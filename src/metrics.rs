@@ -99,7 +99,9 @@ impl TraceExportMetrics {
     /// Counts `spans` finished spans that were never exported: the queue was
     /// full (`queue_full`) or their batch failed (`export_failed`).
     pub fn dropped(&self, reason: &'static str, spans: u64) {
-        self.dropped.get_or_create(&ReasonLabel { reason }).inc_by(spans);
+        self.dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(spans);
     }
 
     /// Counts a batch the collector did not accept (unreachable, refused, timed out).

@@ -280,7 +280,11 @@ fn with_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 
 fn one<'a>(spans: &'a [Exported], kind: SpanKind, what: &str) -> &'a Exported {
     let found: Vec<&Exported> = spans.iter().filter(|s| s.kind() == kind).collect();
-    assert_eq!(found.len(), 1, "{what}: expected one {kind:?} span in {spans:#?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "{what}: expected one {kind:?} span in {spans:#?}"
+    );
     found[0]
 }
 
@@ -328,8 +332,14 @@ async fn spans_follow_the_conventions_and_continue_the_trace() {
     assert_eq!(server.str("http.route").as_deref(), Some(TEMPLATE));
     assert_eq!(server.int("http.response.status_code"), Some(200));
     assert_eq!(server.str("url.scheme").as_deref(), Some("http"));
-    assert_eq!(server.str("network.protocol.version").as_deref(), Some("1.1"));
-    assert_eq!(server.str("guestgate.rule").as_deref(), Some("guest_messages"));
+    assert_eq!(
+        server.str("network.protocol.version").as_deref(),
+        Some("1.1")
+    );
+    assert_eq!(
+        server.str("guestgate.rule").as_deref(),
+        Some("guest_messages")
+    );
     assert_eq!(server.status(), StatusCode::Unset);
     // The client's trace goes on: same trace id, its span is the parent.
     assert_eq!(server.trace_id(), TRACE_ID);
@@ -369,11 +379,17 @@ async fn spans_follow_the_conventions_and_continue_the_trace() {
                 "server.port",
                 "error.type",
             ];
-            assert!(allowed.contains(&key), "unexpected attribute {key} in {span:#?}");
+            assert!(
+                allowed.contains(&key),
+                "unexpected attribute {key} in {span:#?}"
+            );
         }
     }
     let exported = String::from_utf8_lossy(&collector.raw()).into_owned();
-    assert!(!exported.contains("SECRET-"), "a client value was exported: {exported:?}");
+    assert!(
+        !exported.contains("SECRET-"),
+        "a client value was exported: {exported:?}"
+    );
 }
 
 #[tokio::test]
@@ -422,10 +438,16 @@ async fn pass_through_and_failures_have_their_own_names_and_statuses() {
     assert_eq!(server.str("error.type").as_deref(), Some("502"));
     assert_eq!(server.status(), StatusCode::Error);
     assert_eq!(client.status(), StatusCode::Error);
-    assert_eq!(client.str("error.type").as_deref(), Some("upstream-unreachable"));
+    assert_eq!(
+        client.str("error.type").as_deref(),
+        Some("upstream-unreachable")
+    );
     assert_eq!(client.int("http.response.status_code"), None);
     let exported = String::from_utf8_lossy(&collector.raw()).into_owned();
-    assert!(!exported.contains("SECRET-"), "a client value was exported: {exported:?}");
+    assert!(
+        !exported.contains("SECRET-"),
+        "a client value was exported: {exported:?}"
+    );
 }
 
 #[tokio::test]
@@ -457,7 +479,10 @@ async fn unsampled_traces_are_not_exported() {
     let upstream = RecordingUpstream::start().await;
     let collector = Collector::start().await;
     let proxy = Binary::start(
-        &config(&format!("endpoint = \"{}\"\nsample_ratio = 0", collector.url())),
+        &config(&format!(
+            "endpoint = \"{}\"\nsample_ratio = 0",
+            collector.url()
+        )),
         &upstream,
         &with_env(&[]),
     )
@@ -482,7 +507,10 @@ async fn unsampled_traces_are_not_exported() {
         let (_, _, flags) = traceparent(request.header("traceparent").unwrap());
         assert_eq!(flags, "00");
     }
-    assert_eq!(traceparent(seen[1].header("traceparent").unwrap()).0, unsampled);
+    assert_eq!(
+        traceparent(seen[1].header("traceparent").unwrap()).0,
+        unsampled
+    );
     // A sampled parent is followed (parent-based), which also shows that
     // the exporter works and the two traces before were left out.
     raw(
@@ -519,7 +547,10 @@ async fn the_standard_variables_are_honoured_and_guestgate_settings_win() {
     .await;
     raw(proxy.addr, &post(ROUTE, "", b"{}")).await;
     let spans = from_env.wait_for(2).await;
-    assert!(spans.iter().all(|s| s.service == "edge-gateway"), "{spans:#?}");
+    assert!(
+        spans.iter().all(|s| s.service == "edge-gateway"),
+        "{spans:#?}"
+    );
     drop(proxy);
     // GUESTGATE__TELEMETRY__OTLP__* and the file win over the OTEL_* ones.
     let other = from_guestgate.url();
@@ -538,7 +569,11 @@ async fn the_standard_variables_are_honoured_and_guestgate_settings_win() {
     raw(proxy.addr, &post(ROUTE, "", b"{}")).await;
     let spans = from_guestgate.wait_for(2).await;
     assert!(spans.iter().all(|s| s.service == "from-file"), "{spans:#?}");
-    assert_eq!(from_env.spans().len(), 2, "nothing more went to OTEL_EXPORTER_OTLP_ENDPOINT");
+    assert_eq!(
+        from_env.spans().len(),
+        2,
+        "nothing more went to OTEL_EXPORTER_OTLP_ENDPOINT"
+    );
     // A bad endpoint is a configuration error naming where it came from.
     let (ok, _, stderr) = check(&config("endpoint = \"ftp://collector\""));
     assert!(!ok);
@@ -590,7 +625,10 @@ async fn a_dead_collector_changes_nothing_for_clients() {
     // The failure is counted and logged once, naming the endpoint.
     let mut failures = 0.0;
     for _ in 0..600 {
-        failures = metric(&traced.metrics().await, "guestgate_trace_export_failures_total");
+        failures = metric(
+            &traced.metrics().await,
+            "guestgate_trace_export_failures_total",
+        );
         if failures >= 1.0 {
             break;
         }
@@ -616,7 +654,10 @@ async fn a_dead_collector_changes_nothing_for_clients() {
         warnings[0]
     );
     assert_eq!(
-        metric(&plain.metrics().await, "guestgate_trace_export_failures_total"),
+        metric(
+            &plain.metrics().await,
+            "guestgate_trace_export_failures_total"
+        ),
         0.0
     );
     // The log reads the same with export on: the request's own fields on
@@ -628,7 +669,13 @@ async fn a_dead_collector_changes_nothing_for_clients() {
             .filter(|l| l["span"]["request_id"].is_string())
             .map(|l| {
                 let mut keys: Vec<String> = l.as_object().unwrap().keys().cloned().collect();
-                keys.extend(l["span"].as_object().unwrap().keys().map(|k| format!("span.{k}")));
+                keys.extend(
+                    l["span"]
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .map(|k| format!("span.{k}")),
+                );
                 keys.retain(|k| k != "timestamp");
                 keys.sort();
                 (l["message"].as_str().unwrap_or_default().to_owned(), keys)
@@ -671,7 +718,10 @@ async fn spans_a_full_queue_cannot_take_are_dropped_and_counted() {
     .await;
     let before = proxy.metrics().await;
     assert_eq!(
-        metric(&before, "guestgate_trace_spans_dropped_total{reason=\"queue_full\"}"),
+        metric(
+            &before,
+            "guestgate_trace_spans_dropped_total{reason=\"queue_full\"}"
+        ),
         0.0
     );
     // The first span's export hangs; the queue holds one more; the rest of
@@ -731,7 +781,44 @@ async fn without_an_endpoint_the_client_trace_context_passes_untouched() {
     assert_eq!(received.header("tracestate"), Some("vendor=opaque"));
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(&metrics, "guestgate_trace_spans_dropped_total{reason=\"queue_full\"}"),
+        metric(
+            &metrics,
+            "guestgate_trace_spans_dropped_total{reason=\"queue_full\"}"
+        ),
         0.0
+    );
+}
+
+/// The ConfigMap's commented `[telemetry.otlp]` block, uncommented, is a
+/// valid configuration that exports to the collector it names; the
+/// Deployment shows the `OTEL_EXPORTER_OTLP_ENDPOINT` way.
+#[test]
+fn the_kubernetes_manifests_show_how_to_point_at_a_collector() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let configmap = std::fs::read_to_string(root.join("configmap.yaml")).unwrap();
+    let (_, embedded) = configmap.split_once("guestgate.toml: |\n").unwrap();
+    let mut toml = String::new();
+    let mut uncommenting = false;
+    for line in embedded.lines() {
+        let line = line.strip_prefix("    ").unwrap_or(line);
+        uncommenting = line == "# [telemetry.otlp]" || (uncommenting && line.starts_with("# "));
+        toml.push_str(if uncommenting { &line[2..] } else { line });
+        toml.push('\n');
+    }
+    assert!(toml.contains("\n[telemetry.otlp]\nendpoint = "), "{toml}");
+    let (ok, stdout, stderr) = check(&toml);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(
+            "# Trace export: http/protobuf to http://otel-collector.observability:4318/v1/traces"
+        ),
+        "{stdout}"
+    );
+    let deployment = std::fs::read_to_string(root.join("deployment.yaml")).unwrap();
+    assert!(
+        deployment.contains(
+            "#   - name: OTEL_EXPORTER_OTLP_ENDPOINT\n          #     value: http://otel-collector.observability:4318"
+        ),
+        "{deployment}"
     );
 }

@@ -109,7 +109,8 @@ fn exporter(config: &ExportConfig) -> Result<opentelemetry_otlp::SpanExporter, S
                 .https_or_http()
                 .enable_http1()
                 .wrap_connector(http);
-            let client = opentelemetry_http::hyper::HyperClient::new(connector, EXPORT_TIMEOUT, None);
+            let client =
+                opentelemetry_http::hyper::HyperClient::new(connector, EXPORT_TIMEOUT, None);
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_http_client(client)

@@ -344,12 +344,22 @@ mod tests {
                 endpoint: (!endpoint.is_empty()).then(|| endpoint.to_owned()),
                 ..OtlpSettings::default()
             };
-            resolve_with(&settings, vars).0.unwrap().endpoint.to_string()
+            resolve_with(&settings, vars)
+                .0
+                .unwrap()
+                .endpoint
+                .to_string()
         };
         assert_eq!(at("http://c:4318/", &[]), "http://c:4318/v1/traces");
-        assert_eq!(at("http://c:4318/v1/traces", &[]), "http://c:4318/v1/traces");
+        assert_eq!(
+            at("http://c:4318/v1/traces", &[]),
+            "http://c:4318/v1/traces"
+        );
         assert_eq!(at("https://c/otlp", &[]), "https://c/otlp/v1/traces");
-        assert_eq!(at("http://c:4317", &[(ENV_PROTOCOL, "grpc")]), "http://c:4317/");
+        assert_eq!(
+            at("http://c:4317", &[(ENV_PROTOCOL, "grpc")]),
+            "http://c:4317/"
+        );
         assert_eq!(
             at("", &[(ENV_TRACES_ENDPOINT, "http://c:4318/custom")]),
             "http://c:4318/custom"

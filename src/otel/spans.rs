@@ -235,9 +235,12 @@ mod tests {
     #[test]
     fn nothing_is_read_or_written_with_export_off() {
         let mut request = Request::new(Body::empty());
-        request
-            .headers_mut()
-            .insert(TRACEPARENT, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap());
+        request.headers_mut().insert(
+            TRACEPARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                .parse()
+                .unwrap(),
+        );
         assert!(ServerSpan::start(&mut request).is_none());
         assert!(request.extensions().get::<ServerSpan>().is_none());
         let mut headers = request.headers().clone();
