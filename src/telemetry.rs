@@ -73,9 +73,9 @@ pub fn init_with_export(
 }
 
 /// The log layer, filtered by `RUST_LOG` or `log.level`, and, with
-/// `export`, the OpenTelemetry layer beside it. Each layer has its own
-/// filter: the log level never hides a span from export, and the exported
-/// spans never show in the log.
+/// `export`, the OpenTelemetry layer beside it. With export, each layer has
+/// its own filter: the log level never hides a span from export, and the
+/// exported spans never show in the log.
 fn install<W>(
     settings: &LogSettings,
     writer: W,
@@ -84,25 +84,27 @@ fn install<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let (otel, pipeline) = match export {
-        Some(export) => {
-            let (layer, pipeline) = crate::otel::layer::<Registry>(export)?;
-            (Some(layer), Some(pipeline))
-        }
-        None => (None, None),
-    };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
+    let Some(export) = export else {
+        // Export off: one global filter, nothing else in the subscriber.
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(log_layer(settings, writer))
+            .try_init();
+        return Ok(None);
+    };
+    let (otel, pipeline) = crate::otel::layer::<Registry>(export)?;
     let logs = log_layer(settings, writer).with_filter(filter.and(crate::otel::not_exported()));
-    let installed = tracing_subscriber::registry()
+    if tracing_subscriber::registry()
         .with(otel)
         .with(logs)
         .try_init()
-        .is_ok();
-    if installed && pipeline.is_some() {
+        .is_ok()
+    {
         crate::otel::mark_enabled();
     }
-    Ok(pipeline)
+    Ok(Some(pipeline))
 }
 
 /// The log line formatter for `log.format`.

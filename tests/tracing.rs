@@ -822,3 +822,32 @@ fn the_kubernetes_manifests_show_how_to_point_at_a_collector() {
         "{deployment}"
     );
 }
+
+/// Trace export is restart-only: a reload that turns it on keeps the
+/// running process as it was and says so.
+#[tokio::test]
+async fn a_reload_does_not_change_trace_export() {
+    let upstream = RecordingUpstream::start().await;
+    let collector = Collector::start().await;
+    let proxy = Binary::start(&config(""), &upstream, &with_env(&[])).await;
+    proxy
+        .reload(&config(&format!("endpoint = \"{}\"", collector.url())))
+        .await;
+    let warned = proxy.log().into_iter().any(|l| {
+        l["level"] == "WARN"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("trace export settings take effect on restart"))
+    });
+    assert!(warned, "{}", proxy.log_text());
+    let value = format!("00-{TRACE_ID}-{PARENT_ID}-01");
+    raw(
+        proxy.addr,
+        &post(ROUTE, &format!("traceparent: {value}\r\n"), b"{}"),
+    )
+    .await;
+    assert_eq!(upstream.only().header("traceparent"), Some(value.as_str()));
+    let mut stopping = proxy;
+    assert!(stopping.stop().await.success());
+    assert!(collector.spans().is_empty(), "{:#?}", collector.spans());
+}
