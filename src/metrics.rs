@@ -104,6 +104,11 @@ impl TraceExportMetrics {
             .inc_by(spans);
     }
 
+    /// Spans dropped so far for `reason`.
+    pub fn dropped_total(&self, reason: &'static str) -> u64 {
+        self.dropped.get_or_create(&ReasonLabel { reason }).get()
+    }
+
     /// Counts a batch the collector did not accept (unreachable, refused, timed out).
     pub fn failed(&self) {
         self.failures.inc();
