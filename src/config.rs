@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cors::CorsSettings;
+use crate::otel::{ExportConfig, TelemetrySettings};
 use crate::rules::{GuestMessagesSettings, RuleSettings, RuleTable};
 use crate::telemetry::LogSettings;
 use crate::tls::TlsSettings;
@@ -55,6 +56,9 @@ pub struct Settings {
     pub log: LogSettings,
     /// Cross-origin access for browser widgets.
     pub cors: CorsSettings,
+    /// OpenTelemetry trace export (off unless an endpoint is set).
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
 }
 
 /// `[server]`
@@ -146,6 +150,8 @@ pub struct Config {
     pub cors_origins: Vec<crate::cors::OriginPattern>,
     /// Loaded `[server.tls]` certificate and key.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `[telemetry.otlp]` with the `OTEL_*` variables applied; `None`: no export.
+    pub otlp: Option<ExportConfig>,
 }
 
 /// The `[server]` values the request path reads, converted once.
@@ -199,6 +205,13 @@ impl Config {
             }
             builder = builder.add_source(config::File::from(file).required(true));
         }
+        // The standard OTEL_* variables come from the same environment.
+        let otel_env: Option<HashMap<String, String>> = env.as_ref().map(|env| {
+            env.iter()
+                .filter(|(k, _)| k.starts_with("OTEL_"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        });
         let env_source = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
@@ -208,11 +221,23 @@ impl Config {
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(|e| ConfigError::one(describe(&e)))?;
-        Self::from_settings(settings)
+        Self::from_settings_with_env(settings, &|name| match &otel_env {
+            Some(env) => env.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        })
     }
 
-    /// Validates settings, collecting every problem rather than the first.
+    /// Validates settings, collecting every problem rather than the first;
+    /// the `OTEL_*` variables come from the process environment.
     pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
+        Self::from_settings_with_env(settings, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::from_settings`], reading the `OTEL_*` variables with `env`.
+    pub fn from_settings_with_env(
+        settings: Settings,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let listen = parse_addr("server.listen", &settings.server.listen, &mut problems);
         let admin_listen = if settings.admin.listen.trim().is_empty() {
@@ -300,6 +325,7 @@ impl Config {
                 .map_err(|e| problems.push(e.to_string()))
                 .ok()
         });
+        let otlp = crate::otel::resolve(&settings.telemetry.otlp, env, &mut problems);
         match listen {
             Some(listen) if problems.is_empty() => Ok(Self {
                 limits: RequestLimits {
@@ -318,6 +344,7 @@ impl Config {
                 websocket,
                 cors_origins,
                 tls,
+                otlp,
             }),
             _ => Err(ConfigError { problems }),
         }
@@ -357,6 +384,10 @@ impl Config {
             out.push_str("#   ");
             out.push_str(line);
             out.push('\n');
+        }
+        match &self.otlp {
+            Some(export) => out.push_str(&format!("# Trace export: {}\n", export.describe())),
+            None => out.push_str("# Trace export: off\n"),
         }
         out.push('\n');
         if let Some(table) = to_toml(value) {

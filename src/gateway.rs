@@ -272,7 +272,9 @@ fn fingerprint(file: &std::path::Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Settings bound to sockets and connection handling only change on restart.
+/// Settings bound to sockets and connection handling only change on
+/// restart, and so does trace export (its layer sits in the process-wide
+/// log subscriber, installed once).
 fn warn_restart_only(old: &Config, new: &Config) {
     let (a, b) = (&old.settings.server, &new.settings.server);
     let changed = old.listen != new.listen
@@ -283,10 +285,11 @@ fn warn_restart_only(old: &Config, new: &Config) {
         || a.idle_timeout_secs != b.idle_timeout_secs
         || a.shutdown_timeout_secs != b.shutdown_timeout_secs
         || old.settings.log.format != new.settings.log.format
-        || old.settings.log.level != new.settings.log.level;
+        || old.settings.log.level != new.settings.log.level
+        || old.otlp != new.otlp;
     if changed {
         tracing::warn!(
-            "listen addresses, connection limits and logging settings take effect on restart; the rest of the new configuration is in force"
+            "listen addresses, connection limits, logging and trace export settings take effect on restart; the rest of the new configuration is in force"
         );
     }
 }

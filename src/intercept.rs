@@ -18,6 +18,7 @@ use crate::edit::{Edits, Op};
 use crate::error::ProxyError;
 use crate::gateway::Generation;
 use crate::headers;
+use crate::otel;
 use crate::routing::RouteKind;
 use crate::rules::{BodyKind, Rule};
 use crate::sanitize::{self, BodyError};
@@ -194,18 +195,19 @@ async fn forward_edited(
         None => headers.remove(header::CONTENT_TYPE),
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let method = canonical_method(parts.method);
+    let traced = otel::ClientSpan::start(&method, &uri, &mut headers);
     let mut outgoing = Request::new(body);
-    *outgoing.method_mut() = canonical_method(parts.method);
+    *outgoing.method_mut() = method;
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
-    let mut response = upstream
-        .send_with_retry(
-            &rule.retry,
-            outgoing,
-            &generation.metrics,
-            RouteKind::Intercepted.as_str(),
-        )
-        .await?;
+    let sending = upstream.send_with_retry(
+        &rule.retry,
+        outgoing,
+        &generation.metrics,
+        RouteKind::Intercepted.as_str(),
+    );
+    let mut response = otel::send(traced, sending).await?;
     headers::prepare_response(&mut response);
     Ok(response)
 }

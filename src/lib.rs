@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod headers;
 pub mod intercept;
 pub mod metrics;
+pub mod otel;
 pub mod pointer;
 pub mod pool;
 pub mod proxy;

@@ -70,6 +70,9 @@ fn workers() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// How long the spans still queued at shutdown may take to reach the collector.
+const TRACE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn report(e: ConfigError) -> ExitCode {
     for line in e.problems {
         eprintln!("guestgate: config: {line}");
@@ -82,7 +85,14 @@ async fn run(source: ConfigSource) -> ExitCode {
         Ok(config) => config,
         Err(e) => return report(e),
     };
-    guestgate::telemetry::init(&config.settings.log);
+    let traces =
+        match guestgate::telemetry::init_with_export(&config.settings.log, config.otlp.as_ref()) {
+            Ok(traces) => traces,
+            Err(e) => {
+                eprintln!("guestgate: config: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     match guestgate::start_workers(config, source, workers()).await {
         Ok(running) => {
             if let Err(e) = running.reload_on_sighup() {
@@ -90,6 +100,9 @@ async fn run(source: ConfigSource) -> ExitCode {
             }
             guestgate::server::shutdown_signal().await;
             running.shutdown().await;
+            if let Some(traces) = traces {
+                traces.shutdown(TRACE_FLUSH_TIMEOUT).await;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

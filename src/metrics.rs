@@ -5,7 +5,7 @@
 //! Labels are bounded: route kind, a fixed set of methods, status class,
 //! refusal reason and configured field names.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -80,6 +80,55 @@ struct ActionLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The trace exporter's counters. The exporter is one per process (it sits
+/// in the process-wide log subscriber), so they are too, and every proxy's
+/// registry exposes the same values.
+pub struct TraceExportMetrics {
+    dropped: Family<ReasonLabel, Counter>,
+    failures: Counter,
+}
+
+impl TraceExportMetrics {
+    /// Counts `spans` finished spans that were never exported: the queue was
+    /// full (`queue_full`) or their batch failed (`export_failed`).
+    pub fn dropped(&self, reason: &'static str, spans: u64) {
+        self.dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(spans);
+    }
+
+    /// Spans dropped so far for `reason`.
+    pub fn dropped_total(&self, reason: &'static str) -> u64 {
+        self.dropped.get_or_create(&ReasonLabel { reason }).get()
+    }
+
+    /// Counts a batch the collector did not accept (unreachable, refused, timed out).
+    pub fn failed(&self) {
+        self.failures.inc();
+    }
+}
+
+/// The process's trace exporter counters (zero while export is off).
+pub fn trace_export() -> &'static TraceExportMetrics {
+    static COUNTERS: OnceLock<TraceExportMetrics> = OnceLock::new();
+    COUNTERS.get_or_init(|| {
+        let dropped: Family<ReasonLabel, Counter> = Family::default();
+        // Both series exist from the start, so alerts see 0 rather than nothing.
+        for reason in ["queue_full", "export_failed"] {
+            let _ = dropped.get_or_create(&ReasonLabel { reason });
+        }
+        TraceExportMetrics {
+            dropped,
+            failures: Counter::default(),
+        }
+    })
 }
 
 fn latency_histogram() -> Histogram {
@@ -223,6 +272,17 @@ impl Metrics {
             "ready",
             "1 while /readyz answers 200 (upstream reachable, not draining), else 0",
             ready.clone(),
+        );
+        let traces = trace_export();
+        registry.register(
+            "trace_spans_dropped",
+            "Finished trace spans never exported, by reason (queue_full: the export queue was full; export_failed: their batch failed); process-wide",
+            traces.dropped.clone(),
+        );
+        registry.register(
+            "trace_export_failures",
+            "Span batches the OTLP collector did not accept (unreachable, refused, timed out); process-wide",
+            traces.failures.clone(),
         );
         Self {
             registry,

@@ -16,7 +16,9 @@ use crate::error::ProxyError;
 use crate::gateway::Generation;
 use crate::headers;
 use crate::intercept;
+use crate::otel;
 use crate::routing::{CanonicalPath, PathError, RouteKind};
+use crate::rules::Rule;
 use crate::upgrade;
 use crate::websocket::{self, MessageRoute};
 
@@ -25,19 +27,27 @@ use crate::websocket::{self, MessageRoute};
 pub struct Outcome {
     /// The route kind.
     pub route: RouteKind,
-    /// The rule that applied, by name.
-    pub rule: Option<Arc<str>>,
+    /// The rule that applied.
+    pub rule: Option<Arc<Rule>>,
     /// The upstream's response, or why the proxy answers itself.
     pub result: Result<Response, ProxyError>,
 }
 
 /// Answers one proxied request from `client`: every path goes through here.
-pub async fn handle(generation: Arc<Generation>, request: Request, client: ClientInfo) -> Response {
+pub async fn handle(
+    generation: Arc<Generation>,
+    mut request: Request,
+    client: ClientInfo,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
+    let exported = otel::ServerSpan::take(&mut request);
     let outcome = serve(&generation, request, client).await;
+    if let Some(server) = &exported {
+        server.record_route(outcome.rule.as_deref(), client.tls);
+    }
     let route = outcome.route.as_str();
-    let rule = outcome.rule.as_ref();
+    let rule = outcome.rule.as_ref().map(|rule| &rule.name);
     let span = tracing::Span::current();
     span.record("route", route);
     if let Some(rule) = rule {
@@ -83,7 +93,7 @@ async fn serve(generation: &Arc<Generation>, request: Request, client: ClientInf
     match generation.config.rules.lookup(request.method(), &path) {
         Some((rule, route_path)) => Outcome {
             route: RouteKind::Intercepted,
-            rule: Some(rule.name.clone()),
+            rule: Some(rule.clone()),
             result: Box::pin(intercept::intercept(
                 generation.clone(),
                 rule.clone(),
@@ -180,12 +190,13 @@ async fn forward(
         // Compressed frames could not be inspected: no permessage-deflate.
         headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
+    let traced = otel::ClientSpan::start(&parts.method, &uri, &mut headers);
     let mut outgoing = http::Request::new(body);
     *outgoing.method_mut() = parts.method;
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
     let started = Instant::now();
-    let mut response = upstream.send(outgoing).await?;
+    let mut response = otel::send(traced, upstream.send(outgoing)).await?;
     let took = started.elapsed();
     generation
         .metrics

@@ -140,6 +140,11 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The route template the rule matches (it names the rule's trace spans).
+    pub fn route(&self) -> &RouteTemplate {
+        &self.route
+    }
+
     /// The edits for a request: its Origin, then its Host, looked up in the
     /// per-origin overrides; the rule's own edits otherwise.
     pub fn edits_for(&self, headers: &HeaderMap) -> &Edits {

@@ -2,16 +2,23 @@
 //!
 //! Log lines carry a request id, the route kind, status and latency, and the
 //! names of fields changed; never header values, query strings or bodies,
-//! which hold tokens and message text.
+//! which hold tokens and message text. The same subscriber carries the
+//! OpenTelemetry layer when trace export is on ([`crate::otel`]).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
 use http::{HeaderName, HeaderValue};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry};
+
+use crate::otel::{ExportConfig, Pipeline};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,23 +58,75 @@ pub fn init_with_writer<W>(settings: &LogSettings, writer: W)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    let _ = install(settings, writer, None);
+}
+
+/// Like [`init`], with trace export when `export` is set; the returned
+/// pipeline flushes the spans still queued at shutdown. Must run inside the
+/// Tokio runtime (the export task is spawned on it). Fails when the exporter
+/// cannot be built.
+pub fn init_with_export(
+    settings: &LogSettings,
+    export: Option<&ExportConfig>,
+) -> Result<Option<Pipeline>, String> {
+    install(settings, std::io::stdout, export)
+}
+
+/// The log layer, filtered by `RUST_LOG` or `log.level`, and, with
+/// `export`, the OpenTelemetry layer beside it. With export, each layer has
+/// its own filter: the log level never hides a span from export, and the
+/// exported spans never show in the log.
+fn install<W>(
+    settings: &LogSettings,
+    writer: W,
+    export: Option<&ExportConfig>,
+) -> Result<Option<Pipeline>, String>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let Some(export) = export else {
+        // Export off: one global filter, nothing else in the subscriber.
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(log_layer(settings, writer))
+            .try_init();
+        return Ok(None);
+    };
+    let (otel, pipeline) = crate::otel::layer::<Registry>(export)?;
+    let logs = log_layer(settings, writer).with_filter(filter.and(crate::otel::not_exported()));
+    if tracing_subscriber::registry()
+        .with(otel)
+        .with(logs)
+        .try_init()
+        .is_ok()
+    {
+        crate::otel::mark_enabled();
+    }
+    Ok(Some(pipeline))
+}
+
+/// The log line formatter for `log.format`.
+fn log_layer<S, W>(settings: &LogSettings, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_target(false);
-    let _ = match settings.format {
-        LogFormat::Json => builder
+    match settings.format {
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder
+            .boxed(),
+        LogFormat::Text => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .try_init(),
-    };
+            .boxed(),
+    }
 }
 
 /// A client id is kept when it is short and made of safe characters, so it
@@ -102,7 +161,8 @@ fn generate() -> HeaderValue {
 
 /// Wraps the handling of one request: keeps a sane incoming `X-Request-Id`
 /// or sets a new one, sends it upstream, returns it to the client, and runs
-/// `handler` inside the request's log span.
+/// `handler` inside the request's log span (and, with trace export on,
+/// inside its SERVER span).
 pub async fn traced<F, Fut>(mut request: Request, handler: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
@@ -113,6 +173,7 @@ where
         _ => generate(),
     };
     request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+    let exported = crate::otel::ServerSpan::start(&mut request);
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or_default(),
@@ -122,16 +183,28 @@ where
         rule = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
-    let mut response = tracing::Instrument::instrument(handler(request), span.clone()).await;
+    let handling = tracing::Instrument::instrument(handler(request), span.clone());
+    let mut response = match &exported {
+        Some(server) => server.instrument(handling).await,
+        None => handling.await,
+    };
+    if let Some(server) = &exported {
+        server.finish(response.status());
+    }
     response.headers_mut().insert(REQUEST_ID_HEADER, id);
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms = millis(started.elapsed()),
             "request finished"
         );
     });
     response
+}
+
+/// Milliseconds rounded to the microsecond (`0.379`, not `0.37925200000000003`).
+fn millis(took: Duration) -> f64 {
+    (took.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 #[cfg(test)]
@@ -147,5 +220,16 @@ mod tests {
         let (a, b) = (generate(), generate());
         assert_ne!(a, b);
         assert!(is_sane(&a));
+    }
+
+    #[test]
+    fn latency_is_rounded_to_three_decimals() {
+        assert_eq!(millis(Duration::from_nanos(379_252)).to_string(), "0.379");
+        assert_eq!(millis(Duration::from_nanos(379_500)).to_string(), "0.38");
+        assert_eq!(millis(Duration::from_millis(1500)).to_string(), "1500");
+        assert_eq!(
+            serde_json::to_string(&millis(Duration::from_nanos(12_345_678))).unwrap(),
+            "12.346"
+        );
     }
 }

@@ -557,12 +557,26 @@ async fn every_exported_metric_is_documented() {
 
 // ------------------------------------------------------------------ problem types
 
+/// Every `.rs` file under `dir`, modules in folders included.
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// The problem type suffixes the code can answer with: the string literals
 /// of every `fn reason` in `src/`.
 fn problem_types_in_code() -> BTreeSet<String> {
     let mut types = BTreeSet::new();
-    for entry in std::fs::read_dir(Path::new(ROOT).join("src")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    for file in sources(&Path::new(ROOT).join("src")) {
+        let text = std::fs::read_to_string(file).unwrap();
         let mut rest = text.as_str();
         while let Some(at) = rest.find("fn reason(") {
             let body = &rest[at..];

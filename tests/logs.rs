@@ -630,9 +630,16 @@ fn every_request_logs_its_id_route_path_status_and_latency() {
                 problems.push(format!("{key} = {:?}, expected {want:?}", line.get(key)));
             }
         }
-        match line.get("latency_ms").map(str::parse::<f64>) {
-            Some(Ok(ms)) if ms >= 0.0 => {}
-            other => problems.push(format!("latency_ms = {other:?}, expected a number")),
+        // Milliseconds rounded to the microsecond: `0.379`, not `0.37925200000000003`.
+        match line.get("latency_ms") {
+            Some(text)
+                if text.parse::<f64>().is_ok_and(|ms| ms >= 0.0)
+                    && text
+                        .split_once('.')
+                        .is_none_or(|(_, decimals)| decimals.len() <= 3) => {}
+            other => problems.push(format!(
+                "latency_ms = {other:?}, expected milliseconds with at most 3 decimals"
+            )),
         }
         if !problems.is_empty() {
             failures.push(format!(

@@ -172,7 +172,8 @@ to = { id = "queue-1" }
 #[tokio::test]
 async fn several_workers_share_the_port_and_serve_every_connection() {
     let upstream = RecordingUpstream::start().await;
-    let proxy = Binary::start(WORKERS_CONFIG, &upstream, &[("TOKIO_WORKER_THREADS", "3")]).await;
+    let mut proxy =
+        Binary::start(WORKERS_CONFIG, &upstream, &[("TOKIO_WORKER_THREADS", "3")]).await;
     let pid = proxy.pid();
     let threads = || -> Vec<String> {
         std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -225,5 +226,5 @@ async fn several_workers_share_the_port_and_serve_every_connection() {
         "every worker counts into the same metrics:\n{metrics}"
     );
     // SIGTERM drains every worker and exits cleanly.
-    assert!(proxy.terminate().success());
+    assert!(proxy.stop().await.success());
 }

@@ -447,20 +447,20 @@ impl Binary {
         self.child.id()
     }
 
-    /// Sends SIGTERM and waits for the exit (bounded: killed after 10 s).
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM and waits (at most 20 s) for the graceful exit.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
         let status = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        for _ in 0..400 {
+        for _ in 0..800 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            std::thread::sleep(Duration::from_millis(25));
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("guestgate did not exit on SIGTERM:\n{}", self.log_text());
+        panic!("guestgate did not exit within 20 s of SIGTERM");
     }
 
     /// `GET /metrics` from the admin listener.
