@@ -2,7 +2,8 @@
 """guestgate benchmark orchestrator (issues 5 and 13). Started by bench/run.sh.
 
 Starts one shared upstream (nginx `return 200`), nginx proxy_pass, nginx+njs,
-nginx+lua (cjson), HAProxy and guestgate on loopback, checks what each proxy
+nginx+lua (cjson), HAProxy, guestgate and the floor (bench/floor, a minimal
+hyper proxy, pooled and direct; NO_FLOOR=1 leaves it out) on loopback, checks what each proxy
 forwards, then measures all targets interleaved (round-robin, several rounds)
 with wrk at several concurrencies, a fixed-rate latency run with oha
 (coordinated-omission corrected), a multi-core section (2 workers each on the
@@ -51,6 +52,8 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"  # /usr/sbin is not on 
 MULTICORE = os.environ.get("MULTICORE", "1") == "1"
 MC_CONNS = [int(c) for c in os.environ.get("MC_CONNS", "32,256").split(",")]
 MC_WORKERS = 2
+NO_FLOOR = os.environ.get("NO_FLOOR", "0") == "1"
+FLOOR = os.environ.get("FLOOR_BIN", os.path.join(TARGET_DIR, "release/floor"))
 
 PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "18081"))
 UPSTREAM_PORT = PORT_BASE
@@ -63,7 +66,9 @@ GG_IDLE_ADMIN_PORT = PORT_BASE + 6
 NGINX_IDLE_PORT = PORT_BASE + 7
 LUA_PORT = PORT_BASE + 8
 HAPROXY_PORT = PORT_BASE + 9
-PORTS_USED = 10
+FLOOR_POOL_PORT = PORT_BASE + 10
+FLOOR_DIRECT_PORT = PORT_BASE + 11
+PORTS_USED = 12
 
 QUEUE = "bench-queue-0001"
 CONV = "c0ffee00-1111-4222-8333-444455556666"
@@ -93,6 +98,16 @@ TARGETS = [
     ("lua", "6. nginx + lua (cjson) sanitize", LUA_PORT, MSG_PATH),
     ("haproxy", "7. HAProxy (http-reuse always)", HAPROXY_PORT, MSG_PATH),
 ]
+# The floor (bench/floor): a hyper reverse proxy with no features, forwarding the
+# pass-through path; it bounds what guestgate's pass-through can reach on hyper.
+FLOOR_TARGETS = [
+    ("floor_pool", "8. floor: hyper, pooled client (no features)", FLOOR_POOL_PORT, PASS_PATH),
+    ("floor_direct", "9. floor: hyper, one upstream connection per client (no features)", FLOOR_DIRECT_PORT,
+     PASS_PATH),
+]
+FLOOR_MODE = {"floor_pool": "pool", "floor_direct": "direct"}
+if not NO_FLOOR:
+    TARGETS += FLOOR_TARGETS
 LABEL = {t[0]: t[1] for t in TARGETS}
 # Multi-core section: the same configurations with 2 workers (same keys).
 MC_TARGETS = [
@@ -133,6 +148,26 @@ class Servers:
         self.procs = []
         self.gg = None
         self.haproxy = None
+        self.floors = {}  # key -> Popen of the floor binary
+
+    def start_floor(self, key, port, cpus):
+        """bench/floor: `floor LISTEN UPSTREAM pool|direct`, one current_thread runtime (one thread)."""
+        logf = open(os.path.join(WORK, f"{key}.log"), "w")
+        p = subprocess.Popen(taskset(cpus, [FLOOR, f"127.0.0.1:{port}", f"127.0.0.1:{UPSTREAM_PORT}",
+                                            FLOOR_MODE[key]]), stdout=logf, stderr=subprocess.STDOUT)
+        self.floors[key] = p
+        wait_port(port, proc=p)
+
+    def stop_floors(self):
+        for key in list(self.floors):
+            p = self.floors.pop(key)
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
     def render(self, key, name, port, extra=None, workers=None, src=None):
         text = open(src or os.path.join(BENCH, "nginx", f"{name}.conf")).read()
@@ -224,6 +259,7 @@ class Servers:
         for key in list(self.nginx_pids):
             self.stop_nginx(key)
         self.stop_haproxy()
+        self.stop_floors()
 
 
 def children(pid):
@@ -399,6 +435,7 @@ def bench_cpu(servers):
         pids.append(servers.gg.pid)
     if servers.haproxy is not None:
         pids.append(servers.haproxy.pid)
+    pids += [p.pid for p in servers.floors.values()]
     return proc_cpu(pids)
 
 
@@ -437,6 +474,8 @@ def target_pids(servers, key):
         return servers.nginx_all_pids(key)
     if key == "haproxy":
         return [servers.haproxy.pid]
+    if key in servers.floors:
+        return [servers.floors[key].pid]
     return [servers.gg.pid]
 
 
@@ -699,9 +738,10 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     w("")
     if PIN:
         w("- CPU pinning (taskset): every server under test (nginx proxy, nginx+njs, nginx+lua, HAProxy, "
-          "guestgate) runs on "
+          "guestgate" + ("" if NO_FLOOR else ", the floor") + ") runs on "
           "**core 1** with **one** worker (nginx `worker_processes 1`, HAProxy `nbthread 1`, "
-          "guestgate `TOKIO_WORKER_THREADS=1`); "
+          "guestgate `TOKIO_WORKER_THREADS=1`" + ("" if NO_FLOOR else ", the floor a `current_thread` runtime")
+          + "); "
           "the load generator (wrk, one thread) and the shared upstream (nginx, one worker) share **core 0**. "
           "So each proxy gets the same CPU budget, one core, and does not fight the load generator for it "
           "(unless other work on the machine takes its share: see 'other load').")
@@ -727,8 +767,20 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     w("- HAProxy (`bench/haproxy/haproxy.cfg`): `mode http`, `nbthread 1`, keep-alive on both sides, "
       "`http-reuse always` (idle upstream connections shared by all clients, like nginx's keepalive pool), "
       "no logging.")
+    if NO_FLOOR:
+        w("- The floor (bench/floor) was left out of this run (NO_FLOOR=1).")
+    else:
+        w("- The floor (rows 8 and 9, `bench/floor`, built with `cargo build --release` by bench/run.sh): a "
+          "minimal hyper reverse proxy with no features (no routing, headers, sanitizing, logging, metrics or "
+          "limits; the request body collected, the response streamed back), one `current_thread` tokio runtime "
+          "on core 1 like the others, forwarding the pass-through path to the same shared upstream. "
+          "Row 8 goes through hyper-util's pooled client (`floor … pool`); row 9 gives each client connection "
+          "its own upstream connection over hyper's `client::conn::http1` (`floor … direct`). It is what a "
+          "hyper proxy reaches with nothing on top, measured in the same interleaved rounds, so it bounds the "
+          "targets below: a target the floor misses too is beyond a featureless hyper proxy on this machine. "
+          "Not in the multi-core section.")
     w("- Before measuring, each proxy's forwarded body was checked through the upstream's echo route "
-      "(nginx/HAProxy/guestgate pass-through: unchanged; njs/nginx+lua/guestgate intercepted: `id` dropped, "
+      "(nginx/HAProxy/guestgate pass-through" + ("" if NO_FLOOR else "/floor") + ": unchanged; njs/nginx+lua/guestgate intercepted: `id` dropped, "
       "`to` set). Refusal of a malformed body: "
       + ", ".join(f"{n} → {refusals.get(k)}" for k, n in (("njs", "njs"), ("lua", "nginx+lua"),
                                                            ("gg_msg", "guestgate")))
@@ -792,6 +844,14 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         ("nginx+lua / guestgate intercepted, CPU per request", rr("lua", "gg_msg", "cpu_us")),
         ("HAProxy / guestgate pass-through, CPU per request", rr("haproxy", "gg_pass", "cpu_us")),
     ]
+    if not NO_FLOOR:
+        ratio_rows += [
+            ("guestgate pass-through / floor (pooled), req/s", rr("gg_pass", "floor_pool")),
+            ("guestgate pass-through / floor (direct), req/s", rr("gg_pass", "floor_direct")),
+            ("floor (direct) / nginx proxy_pass, req/s", rr("floor_direct", "nginx")),
+            ("floor (pooled) / guestgate pass-through, CPU per request", rr("floor_pool", "gg_pass", "cpu_us")),
+            ("floor (direct) / guestgate pass-through, CPU per request", rr("floor_direct", "gg_pass", "cpu_us")),
+        ]
     for name, vals in ratio_rows:
         w(f"| {name} | " + " | ".join(fmt_ratio(v) for v in vals) + " |")
     w("")
@@ -822,7 +882,9 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
             w(f"At this same request rate the servers' CPU cost per request is the cleanest efficiency "
               f"comparison: guestgate intercepted {cpu['gg_msg']:.1f} µs, guestgate pass-through "
               f"{cpu['gg_pass']:.1f} µs, nginx proxy_pass {cpu['nginx']:.1f} µs, nginx+njs {cpu['njs']:.1f} µs, "
-              f"nginx+lua {cpu['lua']:.1f} µs, HAProxy {cpu['haproxy']:.1f} µs "
+              f"nginx+lua {cpu['lua']:.1f} µs, HAProxy {cpu['haproxy']:.1f} µs"
+              + ("" if NO_FLOOR else f", floor pooled {cpu['floor_pool']:.1f} µs, floor direct "
+                                     f"{cpu['floor_direct']:.1f} µs") + " "
               f"(guestgate intercepted uses {cpu['gg_msg'] / cpu['nginx']:.2f}x nginx's CPU per request).")
     else:
         w("oha not available: fixed-rate latency not measured (wrk figures above are closed-loop).")
@@ -904,8 +966,16 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     # targets of issue 13: ratios at c=32 and c=256 from this run
     w("## Targets (issue 13)")
     w("")
-    w("| target | result | met? |")
-    w("|---|---|:---:|")
+    if NO_FLOOR:
+        w("| target | result | met? |")
+        w("|---|---|:---:|")
+    else:
+        w("For each throughput target not met, the last column gives what the floor (row 9, hyper with one "
+          "upstream connection per client and no features) reaches against the same reference in this run: "
+          "when the floor misses it too, the target is beyond a featureless hyper proxy here.")
+        w("")
+        w("| target | result | met? | bound (floor direct / reference) |")
+        w("|---|---|:---:|---|")
     need = (32, 256)
 
     def at(k, c, field="rps"):
@@ -923,6 +993,30 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
             return txt, "not measured" if not measured else "incomplete (rest yes)"
         return txt, "yes"
 
+    def bound(met, pairs, thr):
+        """The floor's own ratio for an unmet throughput target (pairs: [(name, floor ratio or None)])."""
+        if NO_FLOOR:
+            return ""
+        if met == "yes":
+            return " – (met) |"
+        if met != "**no**":
+            return " – |"
+        vals = [v for _n, v in pairs if v is not None]
+        if not vals:
+            return " not measured |"
+        txt = "floor direct reaches " + ", ".join(
+            f"{n}: {'not measured' if v is None else fmt_ratio(v)}" for n, v in pairs)
+        below = [n for n, v in pairs if v is not None and v < thr]
+        above = [n for n, v in pairs if v is not None and v >= thr]
+        if below and above:
+            verdict = (f"the floor misses it too at {', '.join(below)}: beyond a featureless hyper proxy there; "
+                       f"it meets it at {', '.join(above)}")
+        elif below:
+            verdict = "the floor misses it too: beyond a featureless hyper proxy"
+        else:
+            verdict = "the floor meets it: the gap is in guestgate's own path"
+        return f" {txt} ({verdict}) |"
+
     for name, a, b, thr in (
         ("intercepted req/s ≥ 1.25x nginx+lua", "gg_msg", "lua", 1.25),
         ("intercepted req/s ≥ 1.5x nginx+njs", "gg_msg", "njs", 1.5),
@@ -930,24 +1024,27 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         ("pass-through req/s ≥ 0.95x HAProxy", "gg_pass", "haproxy", 0.95),
     ):
         txt, met = judge13([(f"c={c}", ratio(at(a, c), at(b, c))) for c in need], thr)
-        w(f"| {name} | {txt} | {met} |")
+        w(f"| {name} | {txt} | {met} |"
+          + bound(met, [(f"c={c}", ratio(at("floor_direct", c), at(b, c))) for c in need], thr))
     txt, met = judge13([(route, ratio(at(k, 256), at(k, 32))) for k, route in
                         (("gg_msg", "intercepted"), ("gg_pass", "pass-through"))], 0.9)
-    w(f"| guestgate c=256 req/s ≥ 0.9x its own c=32 | {txt} | {met} |")
+    w(f"| guestgate c=256 req/s ≥ 0.9x its own c=32 | {txt} | {met} |"
+      + bound(met, [("c=256 / c=32", ratio(at("floor_direct", 256), at("floor_direct", 32)))], 0.9))
+    na = "" if NO_FLOOR else " n/a |"
     fg, fp, fn = ((fixed.get(k) or {}).get("p99") for k in ("gg_msg", "gg_pass", "nginx"))
     if fg is not None and fn is not None:
         w(f"| fixed-rate p99 at 32 connections ≤ nginx proxy_pass's | intercepted {fg * 1000:.2f} ms vs nginx "
           f"{fn * 1000:.2f} ms (pass-through {'–' if fp is None else format(fp * 1000, '.2f')} ms), "
-          f"{fixed_rate:,} req/s | {'yes' if fg <= fn else '**no**'} |")
+          f"{fixed_rate:,} req/s | {'yes' if fg <= fn else '**no**'} |" + na)
     else:
         w("| fixed-rate p99 at 32 connections ≤ nginx proxy_pass's | not measured (no oha, or c=32 not run) | "
-          "not measured |")
+          "not measured |" + na)
     if g:
         w(f"| RSS with {IDLE_CONNS} idle keep-alive connections ≤ 25 MiB | peak {g['VmHWM'] / 1024:.1f} MiB "
           f"(with them open {g['VmRSS'] / 1024:.1f} MiB; {g['open']} open) | "
-          f"{'yes' if g['VmHWM'] <= 25 * 1024 and g['open'] >= IDLE_CONNS else '**no**'} |")
+          f"{'yes' if g['VmHWM'] <= 25 * 1024 and g['open'] >= IDLE_CONNS else '**no**'} |" + na)
     else:
-        w(f"| RSS with {IDLE_CONNS} idle keep-alive connections ≤ 25 MiB | not measured | not measured |")
+        w(f"| RSS with {IDLE_CONNS} idle keep-alive connections ≤ 25 MiB | not measured | not measured |" + na)
     w("")
     w("## Targets (issue 5)")
     w("")
@@ -1053,6 +1150,8 @@ def main():
     t_start = time.time()
     if not os.path.exists(GUESTGATE):
         raise SystemExit(f"{GUESTGATE} not built (bench/run.sh builds it)")
+    if not NO_FLOOR and not os.path.exists(FLOOR):
+        raise SystemExit(f"{FLOOR} not built (bench/run.sh builds it; NO_FLOOR=1 leaves the floor rows out)")
     if PIN and os.cpu_count() < 2:
         raise SystemExit("PIN=1 needs two cores")
     os.makedirs(WORK, exist_ok=True)
@@ -1079,6 +1178,9 @@ def main():
         servers.start_nginx("lua", "lua", LUA_PORT, PROXY_CPUS)
         servers.start_haproxy(HAPROXY_PORT, PROXY_CPUS)
         servers.gg = servers.start_guestgate(GG_PORT, GG_ADMIN_PORT, PROXY_CPUS, SERVER_WORKERS)
+        if not NO_FLOOR:
+            for key, _l, port, _p in FLOOR_TARGETS:
+                servers.start_floor(key, port, PROXY_CPUS)
         problems, refusals = verify()
         if problems:
             raise SystemExit("forwarding check failed:\n  " + "\n  ".join(problems))
@@ -1091,7 +1193,7 @@ def main():
         log("guestgate after load:", gg_after)
         # fixed-rate latency at c=32, below everyone's capacity
         if 32 in CONNS:
-            slowest = min(statistics.median(x["rps"] for x in runs[(k, 32)]) for k in ("nginx", "njs", "gg_msg", "gg_pass", "lua", "haproxy"))
+            slowest = min(statistics.median(x["rps"] for x in runs[(k, 32)]) for k, *_ in TARGETS if k != "direct")
             fixed_rate = int(slowest * 0.5 / 100) * 100 or 100
             fixed_runs = {}
             for rnd in range(FIXED_ROUNDS):

@@ -8,15 +8,15 @@
 # Installs what it needs (Debian: nginx, libnginx-mod-http-js (njs),
 # libnginx-mod-http-echo, libnginx-mod-http-ndk + libnginx-mod-http-lua +
 # lua-cjson (the nginx+lua row), haproxy, wrk; crates.io: oha for the
-# fixed-rate latency run), builds guestgate in release mode into
-# target/bench, then runs bench/bench.py, which starts everything on loopback,
+# fixed-rate latency run), builds guestgate and the floor (bench/floor, a
+# minimal hyper proxy: rows 8 and 9) in release mode into target/bench, then runs bench/bench.py, which starts everything on loopback,
 # measures, and writes bench/results/<date>-<host>.md (and prints it).
 #
 # Knobs (environment): QUICK=1, ROUNDS, DURATION (s), CONNS (e.g. 1,32,256),
 # PIN=0 (no core pinning), NJS_MODE=js_set|fetch, SKIP_CRITERION=1,
 # NO_OHA=1 (do not install oha), MULTICORE=0 (skip the 2-worker section),
-# MC_CONNS (its concurrencies, default 32,256), BENCH_PORT_BASE (default 18081,
-# uses 10 ports).
+# MC_CONNS (its concurrencies, default 32,256), NO_FLOOR=1 (do not build or
+# measure the floor rows), BENCH_PORT_BASE (default 18081, uses 12 ports).
 set -euo pipefail
 
 BENCH_STARTED="${BENCH_STARTED:-$(date +%s)}"
@@ -57,6 +57,10 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "bench: building guestgate (release) into $CARGO_TARGET_DIR" >&2
 cargo build --release --locked --bin guestgate >&2
+if [ "${NO_FLOOR:-0}" != 1 ]; then
+  echo "bench: building the floor (bench/floor, release) into $CARGO_TARGET_DIR" >&2
+  cargo build --release --locked --manifest-path "$ROOT/bench/floor/Cargo.toml" >&2
+fi
 if [ "${SKIP_CRITERION:-0}" != 1 ]; then
   cargo bench --locked --bench sanitize --no-run >&2
 fi
