@@ -228,3 +228,19 @@ async fn several_workers_share_the_port_and_serve_every_connection() {
     // SIGTERM drains every worker and exits cleanly.
     assert!(proxy.stop().await.success());
 }
+
+#[tokio::test]
+async fn an_idle_connection_past_the_idle_timeout_is_not_reused() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy(
+        &upstream,
+        &[("GUESTGATE__UPSTREAM__POOL_IDLE_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    assert_eq!(raw(proxy.addr, &post(ROUTE, "", BODY)).await.status, 200);
+    assert_eq!(raw(proxy.addr, &post(PASS, "", BODY)).await.status, 200);
+    assert_eq!(connections(&upstream).len(), 1, "reused within the timeout");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(raw(proxy.addr, &post(ROUTE, "", BODY)).await.status, 200);
+    assert_eq!(connections(&upstream).len(), 2, "a new one after it");
+}
