@@ -123,11 +123,9 @@ impl Shared {
     fn take_idle(self: &Arc<Self>) -> Option<SendRequest<Body>> {
         IDLE.with_borrow_mut(|pools| {
             let idle = self.idle_list(pools)?;
-            // Oldest first (connections are pushed as they become idle), so
-            // the expired ones are a prefix: found without visiting the rest.
-            if let Some(expired) = Instant::now().checked_sub(self.idle_timeout) {
-                let stale = idle.partition_point(|c| c.since <= expired);
-                idle.drain(..stale);
+            let expired = Instant::now().checked_sub(self.idle_timeout);
+            if let Some(expired) = expired {
+                idle.retain(|c| c.since > expired);
             }
             while let Some(connection) = idle.pop() {
                 if !connection.sender.is_closed() {

@@ -471,7 +471,14 @@ where
     // reading what is still in flight but relaying none of it.
     let drain = async {
         tokio::join!(
-            async { while let Some(Ok(_)) = from_client.next().await {} },
+            // A message over the limit keeps failing as its remaining
+            // fragments arrive; they are read (not left for a reset) until
+            // the client's close.
+            async {
+                while let Some(Ok(_) | Err(tungstenite::Error::Capacity(_))) =
+                    from_client.next().await
+                {}
+            },
             async { while let Some(Ok(_)) = from_upstream.next().await {} },
         )
     };

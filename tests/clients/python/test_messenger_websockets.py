@@ -219,7 +219,12 @@ class MessengerMessageLimit(_MessengerStack):
             text = json.dumps(_message(token, "y" * 1500))
             parts = [text[k:k + 600] for k in range(0, len(text), 600)]
             self.assertTrue(all(len(p) < self.MAX_MESSAGE_BYTES for p in parts))
-            ws.send(iter(parts))
+            try:
+                ws.send(iter(parts))
+            except ConnectionClosed:
+                # guestgate may close before the last fragment is sent: the
+                # limit is crossed on the way.
+                pass
             rcvd = self.closed_by_guestgate(ws)
         self.assertEqual(rcvd.code, 1009)
         conn = self.upstream_closed(i)
