@@ -67,17 +67,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Removes `names` and the headers the Connection header names (which is
-/// one of `names`). Looking through the few headers a message has first is
-/// cheaper than a hash lookup per name when, as usual, none is there.
+/// one of `names`). One pass over the few headers a message has finds which
+/// of `names` are there, so only those are looked up again to be removed;
+/// the usual request has one (`Host`), the usual response one
+/// (`Connection: keep-alive`, which names a header of `names`).
 fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
-    if !headers.keys().any(|name| names.contains(name)) {
+    debug_assert!(names.len() <= 32 && names[0] == header::CONNECTION);
+    let mut present = 0u32;
+    for name in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(names) {
-        headers.remove(name);
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| !names.iter().any(|n| t.eq_ignore_ascii_case(n.as_str())))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 

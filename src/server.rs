@@ -401,7 +401,10 @@ impl Ends {
         tokio::pin!(deadline);
         let mut draining = false;
         let result = loop {
+            // Biased: the connection is polled first, without a random
+            // draw on every wake-up; the other branches fire once at most.
             tokio::select! {
+                biased;
                 result = connection.as_mut() => break result,
                 () = &mut deadline => {
                     tracing::debug!("no request within the header read timeout");
