@@ -13,6 +13,7 @@ pub mod demo;
 pub mod edit;
 pub mod error;
 pub mod gateway;
+mod head_timer;
 pub mod headers;
 pub mod intercept;
 pub mod metrics;

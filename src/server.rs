@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::connection::{ClientInfo, Lease};
 use crate::error::ProxyError;
 use crate::gateway::{ConfigSource, Gateway};
+use crate::head_timer::HeadTimer;
 use crate::metrics::OpenGuard;
 use crate::telemetry;
 
@@ -78,17 +79,15 @@ impl Limits {
 /// hyper's HTTP/1 and HTTP/2 connection settings, from the limits.
 struct Protocols {
     http1: http1::Builder,
+    header_read_timeout: Duration,
     http2: http2::Builder<TokioExecutor>,
 }
 
 impl Protocols {
     fn new(limits: &Limits) -> Self {
         let mut http1 = http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes)
-            .keep_alive(true);
+        // The header read timeout is set per connection, on its own timer.
+        http1.max_buf_size(limits.max_header_bytes).keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -96,7 +95,11 @@ impl Protocols {
             .max_concurrent_streams(256)
             .keep_alive_interval(limits.idle_timeout / 2)
             .keep_alive_timeout(Duration::from_secs(20));
-        Self { http1, http2 }
+        Self {
+            http1,
+            header_read_timeout: limits.header_read_timeout,
+            http2,
+        }
     }
 }
 
@@ -345,18 +348,25 @@ impl<C: Connections> Connection<C> {
             self.lease.clone(),
         );
         let io = TokioIo::new(io);
-        let ends = Ends {
+        let mut ends = Ends {
             stopping: self.stopping,
             lease: self.lease,
             first_request,
             deadline: self.deadline,
+            head_timer: None,
         };
         if h2 {
             let connection = Box::pin(self.protocols.http2.serve_connection(io, service));
             let graceful = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
             ends.drive(connection, graceful).await;
         } else {
-            let connection = self.protocols.http1.serve_connection(io, service);
+            let head_timer = HeadTimer::new();
+            let mut http1 = self.protocols.http1.clone();
+            http1
+                .timer(head_timer.clone())
+                .header_read_timeout(self.protocols.header_read_timeout);
+            ends.head_timer = Some((head_timer, self.protocols.header_read_timeout));
+            let connection = http1.serve_connection(io, service);
             let connection = Box::pin(connection.with_upgrades());
             let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
             ends.drive(connection, graceful).await;
@@ -372,6 +382,8 @@ struct Ends {
     lease: Lease,
     first_request: Arc<Notify>,
     deadline: tokio::time::Instant,
+    /// HTTP/1: the timer of hyper's header read timeout, and that timeout.
+    head_timer: Option<(HeadTimer, Duration)>,
 }
 
 impl Ends {
@@ -389,7 +401,15 @@ impl Ends {
             mut lease,
             first_request,
             deadline,
+            head_timer,
         } = self;
+        let head_timer = async {
+            match &head_timer {
+                Some((timer, limit)) => timer.watch(*limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(head_timer);
         let deadline = async {
             if tokio::time::timeout_at(deadline, first_request.notified())
                 .await
@@ -406,6 +426,8 @@ impl Ends {
             tokio::select! {
                 biased;
                 result = connection.as_mut() => break result,
+                // Only wakes the task: hyper then finds its sleep due.
+                () = &mut head_timer => {}
                 () = &mut deadline => {
                     tracing::debug!("no request within the header read timeout");
                     return;

@@ -562,6 +562,48 @@ async fn trickled_headers_hit_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn every_request_head_on_a_kept_alive_connection_has_the_header_read_timeout() {
+    let upstream = RecordingUpstream::start_delayed(Duration::from_millis(700), |_| {
+        http::Response::builder()
+            .status(200)
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap()
+    })
+    .await;
+    let proxy = proxy(
+        &upstream,
+        &[("GUESTGATE__SERVER__HEADER_READ_TIMEOUT_MS", "300")],
+    )
+    .await;
+    let get = b"GET /kept HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    // Requests 200 ms apart, and an upstream slower than the timeout: the
+    // timeout runs only while a head is awaited, and restarts for each one.
+    for _ in 0..4 {
+        client.write_all(get).await.unwrap();
+        assert_eq!(read_response(&mut client).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then half a head: the connection is closed, nothing more forwarded.
+    client.write_all(b"GET /kept HTTP/1.1\r\nHo").await.unwrap();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut Vec::new())).await;
+    assert!(
+        closed.is_ok(),
+        "a trickled second head closes the connection"
+    );
+    // A kept-alive connection left idle is closed the same way.
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    idle.write_all(get).await.unwrap();
+    assert_eq!(read_response(&mut idle).await.status, 200);
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut Vec::new())).await;
+    assert!(closed.is_ok(), "an idle kept-alive connection is closed");
+    assert_eq!(upstream.count(), 5);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_client_vanishing_mid_upload_forwards_nothing() {
     let upstream = RecordingUpstream::start().await;
     let proxy = proxy(&upstream, &[]).await;
