@@ -30,7 +30,7 @@ pub enum SendError {
     /// Connecting failed or timed out.
     Connect(String),
     /// The request or the response head failed on an open connection.
-    Request(hyper::Error),
+    Request(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// One upstream's pool: where to connect and how long idle connections live.
@@ -94,7 +94,7 @@ impl Http1Pool {
                     Ok(response) => return Ok(self.pooled(response, sender)),
                     Err(mut e) => match e.take_message() {
                         Some(unsent) => request = unsent,
-                        None => return Err(SendError::Request(e.into_error())),
+                        None => return Err(SendError::Request(e.into_error().into())),
                     },
                 }
             }
@@ -102,7 +102,7 @@ impl Http1Pool {
         let mut sender = self.shared.connect().await?;
         match sender.send_request(request).await {
             Ok(response) => Ok(self.pooled(response, sender)),
-            Err(e) => Err(SendError::Request(e)),
+            Err(e) => Err(SendError::Request(e.into())),
         }
     }
 
@@ -188,7 +188,7 @@ impl Shared {
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(SendError::Request)?;
+            .map_err(|e| SendError::Request(e.into()))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");

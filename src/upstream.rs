@@ -248,20 +248,8 @@ impl Upstream {
         if let Some(target) = request.uri().path_and_query().cloned() {
             *request.uri_mut() = Uri::from(target);
         }
-        match tokio::time::timeout(self.response_timeout, pool.send(request)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(
-                self.response_timeout.as_millis() as u64,
-            )),
-            Ok(Err(SendError::Connect(e))) => {
-                tracing::warn!(error = %e, "upstream connect failed");
-                Err(ProxyError::UpstreamUnreachable)
-            }
-            Ok(Err(SendError::Request(e))) => {
-                tracing::warn!(error = %e, "upstream request failed");
-                Err(ProxyError::UpstreamFailed)
-            }
-            Ok(Ok(response)) => Ok(response),
-        }
+        let sent = tokio::time::timeout(self.response_timeout, pool.send(request)).await;
+        self.settle(sent)
     }
 
     /// Over hyper-util's pooled client: `https` (HTTP/2 by ALPN) and upgrades.
@@ -275,20 +263,36 @@ impl Upstream {
         } else {
             &self.client
         };
-        let pending = client.request(request);
-        match tokio::time::timeout(self.response_timeout, pending).await {
+        let pending = async {
+            match client.request(request).await {
+                Ok(response) => Ok(response.map(Body::new)),
+                Err(e) if e.is_connect() => Err(SendError::Connect(e.to_string())),
+                Err(e) => Err(SendError::Request(e.into())),
+            }
+        };
+        let sent = tokio::time::timeout(self.response_timeout, pending).await;
+        self.settle(sent)
+    }
+
+    /// The proxy's answer to one exchange, whichever client carried it:
+    /// past the response timeout, no connection, or a failed exchange.
+    fn settle(
+        &self,
+        sent: Result<Result<Response<Body>, SendError>, tokio::time::error::Elapsed>,
+    ) -> Result<Response<Body>, ProxyError> {
+        match sent {
             Err(_) => Err(ProxyError::UpstreamTimeout(
                 self.response_timeout.as_millis() as u64,
             )),
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(SendError::Connect(e))) => {
                 tracing::warn!(error = %e, "upstream connect failed");
                 Err(ProxyError::UpstreamUnreachable)
             }
-            Ok(Err(e)) => {
+            Ok(Err(SendError::Request(e))) => {
                 tracing::warn!(error = %e, "upstream request failed");
                 Err(ProxyError::UpstreamFailed)
             }
-            Ok(Ok(response)) => Ok(response.map(Body::new)),
+            Ok(Ok(response)) => Ok(response),
         }
     }
 
