@@ -604,6 +604,70 @@ async fn every_request_head_on_a_kept_alive_connection_has_the_header_read_timeo
 }
 
 #[tokio::test]
+async fn the_body_and_response_timeouts_hold_for_every_request_of_a_connection_and_over_http2() {
+    // Slower than the response timeout by far: a 504 can only come from it.
+    let upstream = RecordingUpstream::start_delayed(Duration::from_millis(2000), |_| {
+        http::Response::builder()
+            .status(200)
+            .body(Full::new(Bytes::from_static(b"late")))
+            .unwrap()
+    })
+    .await;
+    let proxy = proxy(
+        &upstream,
+        &[
+            ("GUESTGATE__UPSTREAM__RESPONSE_TIMEOUT_MS", "300"),
+            ("GUESTGATE__SERVER__BODY_READ_TIMEOUT_MS", "300"),
+        ],
+    )
+    .await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    // Each request on the kept-alive connection has its own response
+    // timeout, intercepted or passed through, the one after a timeout fired
+    // included; then a body that stops short gets the body read timeout.
+    for path in [ROUTE, "/api/v2/other", ROUTE] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            DIRTY.len()
+        );
+        client
+            .write_all(&[head.as_bytes(), DIRTY].concat())
+            .await
+            .unwrap();
+        let response = read_response(&mut client).await;
+        let problem = response.assert_problem(504);
+        assert_eq!(
+            problem["type"],
+            "tag:guestgate,2026:problem:upstream-timeout"
+        );
+    }
+    client
+        .write_all(
+            format!("POST {ROUTE} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{").as_bytes(),
+        )
+        .await
+        .unwrap();
+    read_response(&mut client).await.assert_problem(408);
+    assert_eq!(upstream.count(), 3);
+
+    // HTTP/2 streams run in tasks of their own, on tokio's timer.
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c prior-knowledge handshake");
+    tokio::spawn(connection);
+    let request = http::Request::post(format!("http://proxy.test{ROUTE}"))
+        .body(Full::new(Bytes::from_static(DIRTY)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 504);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_client_vanishing_mid_upload_forwards_nothing() {
     let upstream = RecordingUpstream::start().await;
     let proxy = proxy(&upstream, &[]).await;
