@@ -244,3 +244,48 @@ async fn an_idle_connection_past_the_idle_timeout_is_not_reused() {
     assert_eq!(raw(proxy.addr, &post(ROUTE, "", BODY)).await.status, 200);
     assert_eq!(connections(&upstream).len(), 2, "a new one after it");
 }
+
+#[tokio::test]
+async fn a_streamed_upload_and_a_streamed_answer_leave_the_connection_reusable() {
+    const UP: usize = 8 * 1024 * 1024;
+    let upstream = RecordingUpstream::start_with(|seen| {
+        // Answers with half as many bytes as it received: 4 MiB, more than
+        // the socket buffers hold, so the answer streams too.
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'r';
+            seen.body
+                .len(
+                )
+                / 2
+        ])))
+    })
+    .await;
+    let proxy = proxy(&upstream, &[]).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!("POST {PASS} HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    // Chunked, in pieces, so the upstream request streams while it is sent.
+    let piece = vec![b'u'; 64 * 1024];
+    for _ in 0..UP / piece.len() {
+        client
+            .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .await
+            .unwrap();
+        client.write_all(&piece).await.unwrap();
+        client.write_all(b"\r\n").await.unwrap();
+    }
+    client.write_all(b"0\r\n\r\n").await.unwrap();
+    let response = read_response(&mut client).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), UP / 2);
+    assert!(response.body.iter().all(|&b| b == b'r'));
+    let got = upstream.only();
+    assert_eq!(got.body.len(), UP);
+    assert!(got.body.iter().all(|&b| b == b'u'));
+    // The same client connection, then another: one upstream connection.
+    assert_eq!(exchange(&mut client, ROUTE).await.status, 200);
+    assert_eq!(raw(proxy.addr, &post(PASS, "", BODY)).await.status, 200);
+    assert_eq!(upstream.count(), 3);
+    assert_eq!(connections(&upstream).len(), 1, "{:?}", upstream.requests());
+    proxy.shutdown().await;
+}
