@@ -211,39 +211,22 @@ async fn serve_with_slots<C: Connections>(
         tokio::spawn(async move {
             let _open = app.opened();
             let tls = app.tls();
-            let client = ClientInfo {
-                peer,
-                tls: tls.is_some(),
-            };
             let connection = Connection {
+                client: ClientInfo {
+                    peer,
+                    tls: tls.is_some(),
+                },
                 app,
-                client,
                 protocols,
                 stopping,
                 lease,
                 deadline,
             };
             match tls {
-                None => {
-                    match tokio::time::timeout_at(deadline, starts_with_h2_preface(&stream)).await {
-                        Ok(Ok(h2)) => connection.run(stream, h2).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection failed"),
-                        Err(_) => {
-                            tracing::debug!(%peer, "no request within the header read timeout")
-                        }
-                    }
-                }
-                Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            connection.run(stream, h2).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+                None => connection.serve_plain(stream).await,
+                // Boxed: the TLS state is several KiB, and a plain
+                // connection's task should not hold room for it.
+                Some(tls) => Box::pin(connection.serve_tls(stream, tls)).await,
             }
         });
     }
@@ -333,6 +316,32 @@ struct Connection<C> {
 }
 
 impl<C: Connections> Connection<C> {
+    /// Cleartext: HTTP/2 with prior knowledge or HTTP/1.1, told apart by
+    /// the first bytes, within the first request's deadline.
+    async fn serve_plain(self, stream: TcpStream) {
+        let peer = self.client.peer;
+        match tokio::time::timeout_at(self.deadline, starts_with_h2_preface(&stream)).await {
+            Ok(Ok(h2)) => self.run(stream, h2).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection failed"),
+            Err(_) => tracing::debug!(%peer, "no request within the header read timeout"),
+        }
+    }
+
+    /// TLS: the handshake within the first request's deadline, then the
+    /// protocol ALPN chose.
+    async fn serve_tls(self, stream: TcpStream, tls: Arc<rustls::ServerConfig>) {
+        let peer = self.client.peer;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        match tokio::time::timeout_at(self.deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                self.run(stream, h2).await
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+
     /// Serves HTTP/2 or HTTP/1.1 (with upgrades). Each is boxed: a
     /// connection's state is a few KiB, and an idle HTTP/1 connection
     /// should not also hold room for HTTP/2's.
