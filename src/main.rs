@@ -9,7 +9,7 @@ use guestgate::config::ConfigError;
 use guestgate::gateway::ConfigSource;
 
 /// jemalloc rather than glibc's malloc: with 1,000 idle keep-alive
-/// connections the proxy holds about 2 MiB less, at no cost in throughput
+/// connections the proxy holds about 3 MiB less, at no cost in throughput
 /// (bench/NOTES.md, issue 13).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]

@@ -251,13 +251,8 @@ async fn a_streamed_upload_and_a_streamed_answer_leave_the_connection_reusable()
     let upstream = RecordingUpstream::start_with(|seen| {
         // Answers with half as many bytes as it received: 4 MiB, more than
         // the socket buffers hold, so the answer streams too.
-        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![
-            b'r';
-            seen.body
-                .len(
-                )
-                / 2
-        ])))
+        let answer = vec![b'r'; seen.body.len() / 2];
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(answer)))
     })
     .await;
     let proxy = proxy(&upstream, &[]).await;
