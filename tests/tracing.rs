@@ -255,7 +255,7 @@ fn config(otlp: &str) -> String {
          [upstreams.dead]\nbase_url = \"http://127.0.0.1:{}\"\n\
          [[rules]]\nname = \"dead\"\npath = \"/dead/{{id}}\"\nupstream = \"dead\"\n\
          [telemetry.otlp]\n{otlp}\n",
-        free_port()
+        closed_port()
     )
 }
 
@@ -585,7 +585,7 @@ async fn the_standard_variables_are_honoured_and_guestgate_settings_win() {
 #[tokio::test]
 async fn a_dead_collector_changes_nothing_for_clients() {
     let upstream = RecordingUpstream::start().await;
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = format!("http://127.0.0.1:{}", closed_port());
     let traced = Binary::start(
         &config(&format!("endpoint = \"{dead}\"")),
         &upstream,

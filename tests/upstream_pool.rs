@@ -152,7 +152,7 @@ async fn a_connection_the_upstream_closed_is_not_used_again() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_still_a_502_problem() {
-    let port = free_port();
+    let port = closed_port();
     let proxy = proxy_to(&format!("http://127.0.0.1:{port}"), &[]).await;
     let response = raw(proxy.addr, &post(PASS, "", BODY)).await;
     let problem = response.assert_problem(502);

@@ -337,14 +337,39 @@ pub fn client_tls_trusting(
         .with_no_client_auth()
 }
 
-/// A port that was free a moment ago (for the real binary, which is given
-/// its addresses in its configuration).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port where nothing listens, the same for the whole test
+/// binary: its socket is bound (without `SO_REUSEADDR`) and never listens,
+/// so connecting is refused and no other listener can be given the port.
+/// A port that was only free a moment ago is not enough: tests run in
+/// parallel, and another one's collector or upstream may get it.
+pub fn closed_port() -> u16 {
+    static RESERVED: std::sync::OnceLock<(tokio::net::TcpSocket, u16)> = std::sync::OnceLock::new();
+    RESERVED
+        .get_or_init(|| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let port = socket.local_addr().unwrap().port();
+            (socket, port)
+        })
+        .1
+}
+
+/// The listener and admin addresses from the binary's "guestgate listening"
+/// log line, once it is written.
+fn listening(log: &std::path::Path) -> Option<(SocketAddr, SocketAddr)> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "guestgate listening")?;
+    let addr = line["addr"].as_str()?.parse().ok()?;
+    let admin = line["admin"]
+        .as_str()?
+        .strip_prefix("Some(")?
+        .strip_suffix(')')?
+        .parse()
+        .ok()?;
+    Some((addr, admin))
 }
 
 /// The real `guestgate` binary, run with a configuration file; killed when
@@ -358,8 +383,9 @@ pub struct Binary {
 
 impl Binary {
     /// Starts the binary with `config` as its `--config` file, listening and
-    /// serving admin on free loopback ports, sending to `upstream` unless
-    /// `env` says otherwise; returns once it accepts connections.
+    /// serving admin on loopback ports it binds itself (port 0), sending to
+    /// `upstream` unless `env` says otherwise; returns once it has logged
+    /// that it listens.
     pub async fn start(config: &str, upstream: &RecordingUpstream, env: &[(&str, &str)]) -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -367,16 +393,14 @@ impl Binary {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("guestgate.toml");
         std::fs::write(&file, config).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::fs::File::create(dir.join("stdout.log")).unwrap();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_guestgate"));
         command
             .arg("--config")
             .arg(&file)
             .env_remove("RUST_LOG")
-            .env("GUESTGATE__SERVER__LISTEN", addr.to_string())
-            .env("GUESTGATE__ADMIN__LISTEN", admin.to_string())
+            .env("GUESTGATE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("GUESTGATE__ADMIN__LISTEN", "127.0.0.1:0")
             .env("GUESTGATE__ADMIN__CONFIG_WATCH_INTERVAL_SECS", "0")
             .env("GUESTGATE__LOG__FORMAT", "json")
             .env(
@@ -389,8 +413,10 @@ impl Binary {
             command.env(k, v);
         }
         let mut child = command.spawn().unwrap();
+        let log = dir.join("stdout.log");
         for _ in 0..200 {
-            if TcpStream::connect(addr).await.is_ok() {
+            // The binary binds port 0 and logs the addresses it got.
+            if let Some((addr, admin)) = listening(&log) {
                 return Self {
                     addr,
                     admin,
@@ -406,7 +432,7 @@ impl Binary {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("guestgate did not listen on {addr}");
+        panic!("guestgate did not log that it listens");
     }
 
     /// Replaces the configuration file and sends SIGHUP; returns once the
