@@ -54,6 +54,11 @@ MC_CONNS = [int(c) for c in os.environ.get("MC_CONNS", "32,256").split(",")]
 MC_WORKERS = 2
 NO_FLOOR = os.environ.get("NO_FLOOR", "0") == "1"
 FLOOR = os.environ.get("FLOOR_BIN", os.path.join(TARGET_DIR, "release/floor"))
+# The profile section: guestgate's `profiling` build (the release build with symbols) and
+# the floor under `perf record`, each at c=32 on core 1 (PROFILE=0 leaves it out).
+PROFILE = os.environ.get("PROFILE", "1") == "1"
+PROFILED = os.environ.get("PROFILED_BIN", os.path.join(TARGET_DIR, "profiling/guestgate"))
+PROFILE_SECS = int(os.environ.get("PROFILE_SECS", "4" if QUICK else "6"))
 
 PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "18081"))
 UPSTREAM_PORT = PORT_BASE
@@ -216,7 +221,7 @@ class Servers:
         master = self.nginx_pids[key].pid
         return [master] + children(master)
 
-    def start_guestgate(self, port, admin_port, cpus, workers):
+    def start_guestgate(self, port, admin_port, cpus, workers, binary=GUESTGATE):
         env = dict(os.environ)
         env.update({
             "GUESTGATE__SERVER__LISTEN": f"127.0.0.1:{port}",
@@ -228,7 +233,7 @@ class Servers:
             "TOKIO_WORKER_THREADS": str(workers),
         })
         logf = open(os.path.join(WORK, f"guestgate-{port}.log"), "w")
-        p = subprocess.Popen(taskset(cpus, [GUESTGATE]), env=env, stdout=logf, stderr=subprocess.STDOUT,
+        p = subprocess.Popen(taskset(cpus, [binary]), env=env, stdout=logf, stderr=subprocess.STDOUT,
                              cwd=WORK)
         self.procs.append(p)
         wait_port(port, proc=p)
@@ -535,6 +540,94 @@ def _oha_fixed(key, port, path, rate, secs):
     }
 
 
+# ---------------------------------------------------------------- profile
+
+PERF_LINE = re.compile(r"^\s*([\d.]+)%\s+(\d+)\s+(\S+)\s+\[(.)\]\s+(.*\S)\s*$")
+PROFILE_TARGETS = [
+    # key, label, port, path: what is profiled (the floor for comparison)
+    ("gg_msg", "guestgate, intercepted route", GG_PORT, MSG_PATH),
+    ("gg_pass", "guestgate, pass-through route", GG_PORT, PASS_PATH),
+    ("floor_direct", "floor, one upstream connection per client", FLOOR_DIRECT_PORT, PASS_PATH),
+]
+
+
+def symbol_group(dso, kind, sym):
+    """Where a sample's time goes: the kernel, a shared library, or (in the binary) the crate of the
+    function; generic std/core/alloc code counts for the crate it was instantiated for."""
+    if kind == "k" or dso.startswith("[kernel"):
+        return "kernel"
+    if dso not in ("guestgate", "floor"):
+        return dso
+    if sym.startswith(("_rjem_", "je_", "_rjem_je_")):
+        return "jemalloc"
+    name = sym.lstrip("<")
+    crate = name.split("::", 1)[0] if "::" in name else "(other)"
+    if crate in ("core", "alloc", "std") and "<" in name:
+        inner = re.search(r"<+&?(?:mut )?(?:dyn )?([A-Za-z_][A-Za-z0-9_]*)::", name[name.index("<"):])
+        if inner and inner.group(1) not in ("core", "alloc", "std"):
+            crate = inner.group(1)
+    return crate
+
+
+def perf_profile(key, port, path, pid, secs):
+    """wrk at c=32 while `perf record` samples `pid` (on core 0, beside wrk); self time by symbol."""
+    data = os.path.join(WORK, f"perf-{key}.data")
+    errf = open(os.path.join(WORK, f"perf-{key}.log"), "w")
+    rec = subprocess.Popen(taskset(LOADGEN_CPUS, ["perf", "record", "-q", "-F", "999", "-p", str(pid), "-o", data,
+                                                  "--", "sleep", str(secs)]),
+                           stdout=errf, stderr=subprocess.STDOUT)
+    time.sleep(0.3)
+    r = wrk(key, port, path, 32, secs)
+    rec.wait(timeout=secs + 60)
+    out = run_out(["perf", "report", "-i", data, "--no-children", "--sort", "dso,sym", "--stdio", "-q", "-n", "-g",
+                   "none", "--percent-limit", "0"])
+    rows, samples = [], 0
+    for line in out.stdout.splitlines():
+        m = PERF_LINE.match(line)
+        if m:
+            rows.append((float(m.group(1)), m.group(3), m.group(4), m.group(5)))
+            samples += int(m.group(2))
+    if rec.returncode != 0 or not rows:
+        log(f"profile {key}: perf gave nothing (rc {rec.returncode}; see {WORK}/perf-{key}.log)")
+        return None
+    groups = {}
+    for pct, dso, kind, sym in rows:
+        g = symbol_group(dso, kind, sym)
+        groups[g] = groups.get(g, 0.0) + pct
+    return {"rps": r["requests"] / (r["duration_us"] / 1e6), "rows": rows[:12],
+            "groups": sorted(groups.items(), key=lambda kv: -kv[1]),
+            "samples": samples}
+
+
+def profiles():
+    """The profiling build of guestgate and the floor, each on core 1 alone, under perf at c=32."""
+    if not PROFILE:
+        return {}, "PROFILE=0"
+    if not shutil.which("perf"):
+        return {}, "perf not installed"
+    if not os.path.exists(PROFILED):
+        return {}, f"{PROFILED} not built (bench/run.sh builds it)"
+    servers = Servers()
+    try:
+        servers.start_nginx("upstream", "upstream", UPSTREAM_PORT, LOADGEN_CPUS)
+        servers.gg = servers.start_guestgate(GG_PORT, GG_ADMIN_PORT, PROXY_CPUS, 1, binary=PROFILED)
+        targets = PROFILE_TARGETS if not NO_FLOOR else PROFILE_TARGETS[:2]
+        if not NO_FLOOR:
+            servers.start_floor("floor_direct", FLOOR_DIRECT_PORT, PROXY_CPUS)
+        problems, _ = verify(targets)
+        if problems:
+            raise SystemExit("profile: forwarding check failed:\n  " + "\n  ".join(problems))
+        out = {}
+        for key, _l, port, path in targets:
+            wrk(key, port, path, 32, WARMUP)
+            pid = servers.floors["floor_direct"].pid if key == "floor_direct" else servers.gg.pid
+            out[key] = perf_profile(key, port, path, pid, PROFILE_SECS)
+            log(f"profile {key}: {out[key] and out[key]['groups'][:4]}")
+        return out, None
+    finally:
+        servers.stop_all()
+
+
 def idle_rss(servers):
     """Fresh guestgate (and, for comparison, a fresh nginx proxy) with N idle conns."""
     res = {}
@@ -710,7 +803,55 @@ def cpu_cell(a):
     return f"{own}cores {a['core0']:.0f}/{a['core1']:.0f}{other}"
 
 
-def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, load_before, load_after, elapsed):
+def profile_section(w, prof, note):
+    w("## Profile (perf, c=32, same run)")
+    w("")
+    if not prof:
+        w(f"Not profiled ({note}).")
+        w("")
+        return
+    w(f"`perf record -F 999` (self time, no call graphs) on the server's process for {PROFILE_SECS} s of wrk at "
+      "c=32, each server alone on core 1 (the upstream, wrk and perf on core 0). guestgate is its `profiling` "
+      "build (the release build with symbols, `cargo build --profile profiling`), started after the measured "
+      "rounds with the same settings; the floor (row 9) is the same binary as above. Shares are of the "
+      "server's own samples: `kernel` is the system calls and the loopback TCP they run (on loopback the "
+      "sender also runs the receiver's TCP processing); in the binary, a function counts for its crate "
+      "(generic std code for the crate it was instantiated for), so `guestgate` is guestgate's own code and "
+      "what the compiler inlined into it.")
+    w("")
+    keys = [k for k, *_ in PROFILE_TARGETS if prof.get(k)]
+    groups = []
+    for k in keys:
+        for g, _pct in prof[k]["groups"][:8]:
+            if g not in groups:
+                groups.append(g)
+    label = {k: l for k, l, *_ in PROFILE_TARGETS}
+    w("| share of samples | " + " | ".join(label[k] for k in keys) + " |")
+    w("|---|" + "---:|" * len(keys))
+    w("| req/s under perf | " + " | ".join(fmt_int(prof[k]["rps"]) for k in keys) + " |")
+    w("| samples | " + " | ".join(fmt_int(prof[k]["samples"]) for k in keys) + " |")
+    for g in groups:
+        cells = []
+        for k in keys:
+            pct = dict(prof[k]["groups"]).get(g)
+            cells.append("–" if pct is None else f"{pct:.1f} %")
+        w(f"| {g} | " + " | ".join(cells) + " |")
+    w("")
+    for k in keys:
+        w(f"<details><summary>{label[k]}: the 12 hottest symbols (self)</summary>")
+        w("")
+        w("| self | where | symbol |")
+        w("|---:|---|---|")
+        for pct, dso, _kind, sym in prof[k]["rows"]:
+            short = sym if len(sym) <= 140 else sym[:137] + "..."
+            w(f"| {pct:.2f} % | {dso} | `{short.replace('|', '/')}` |")
+        w("")
+        w("</details>")
+        w("")
+
+
+def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, load_before, load_after, elapsed,
+           prof=None, prof_note=None):
     agg = aggregate(runs)
     mc = aggregate(mc_runs)
     keys = [t[0] for t in TARGETS]
@@ -963,9 +1104,15 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         w("not run (SKIP_CRITERION=1 or failed).")
     w("")
 
+    profile_section(w, prof or {}, prof_note)
     # targets of issue 13: ratios at c=32 and c=256 from this run
     w("## Targets (issue 13)")
     w("")
+    if prof:
+        w("Where the CPU goes in this run is in the profile section above: a target that the floor misses too is "
+          "bounded by hyper's request path and the kernel's loopback TCP, which the floor's profile shows; what "
+          "guestgate adds is the distance between the two profiles.")
+        w("")
     if NO_FLOOR:
         w("| target | result | met? |")
         w("|---|---|:---:|")
@@ -1169,6 +1316,7 @@ def main():
     }[NJS_MODE]
     runs = {}
     mc_runs = {}
+    prof, prof_note = {}, "not run"
     fixed = {}
     fixed_rate = None
     try:
@@ -1207,6 +1355,8 @@ def main():
                         f"other load {f['foreign_pct']:.0f}%")
             fixed = {k: fixed_agg(v) for k, v in fixed_runs.items()} if len(fixed_runs) == len(TARGETS) else {}
         servers.stop_all()
+        log("profile section (perf)")
+        prof, prof_note = profiles()
         if MULTICORE:
             log(f"multi-core section: {MC_WORKERS} workers, wrk on the same cores")
             mc_runs = multicore()
@@ -1223,14 +1373,14 @@ def main():
     now = datetime.datetime.now()
     cfg = {"date": now.strftime("%Y-%m-%d %H:%M")}
     md = report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, " ".join(load_before),
-                " ".join(load_after), time.time() - t_start)
+                " ".join(load_after), time.time() - t_start, prof, prof_note)
     name = f"{now.strftime('%Y-%m-%d')}-{info['host']}{'-quick' if QUICK else ''}.md"
     path = os.path.join(RESULTS, name)
     with open(path, "w") as f:
         f.write(md)
     raw = {"info": info, "runs": {f"{k}@{c}": v for (k, c), v in runs.items()},
            "multicore_runs": {f"{k}@{c}": v for (k, c), v in mc_runs.items()}, "fixed": fixed,
-           "fixed_rate": fixed_rate, "rss": rss, "criterion": crit, "guestgate_after_load": gg_after}
+           "fixed_rate": fixed_rate, "rss": rss, "profile": prof, "criterion": crit, "guestgate_after_load": gg_after}
     with open(os.path.join(WORK, "last-run.json"), "w") as f:
         json.dump(raw, f, indent=1)
     print(md)

@@ -5,7 +5,7 @@
 #                           about 14 min in all with a warm target dir, 18 from clean)
 #   QUICK=1 bench/run.sh    short run (~4-5 min once built)
 #
-# Installs what it needs (Debian: nginx, libnginx-mod-http-js (njs),
+# Installs what it needs (Debian: nginx, linux-perf (the profile section), libnginx-mod-http-js (njs),
 # libnginx-mod-http-echo, libnginx-mod-http-ndk + libnginx-mod-http-lua +
 # lua-cjson (the nginx+lua row), haproxy, wrk; crates.io: oha for the
 # fixed-rate latency run), builds guestgate and the floor (bench/floor, a
@@ -15,6 +15,8 @@
 # Knobs (environment): QUICK=1, ROUNDS, DURATION (s), CONNS (e.g. 1,32,256),
 # PIN=0 (no core pinning), NJS_MODE=js_set|fetch, SKIP_CRITERION=1,
 # NO_OHA=1 (do not install oha), MULTICORE=0 (skip the 2-worker section),
+# PROFILE=0 (no profile section: perf on guestgate's profiling build and the
+# floor at c=32; PROFILE_SECS),
 # MC_CONNS (its concurrencies, default 32,256), NO_FLOOR=1 (do not build or
 # measure the floor rows), BENCH_PORT_BASE (default 18081, uses 12 ports).
 set -euo pipefail
@@ -40,6 +42,7 @@ compgen -G '/usr/lib/*/lua/5.1/cjson.so' >/dev/null || missing+=(lua-cjson)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
+[ "${PROFILE:-1}" != 1 ] || command -v perf >/dev/null || missing+=(linux-perf)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bench: installing ${missing[*]}" >&2
   $SUDO apt-get update -qq
@@ -57,6 +60,10 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "bench: building guestgate (release) into $CARGO_TARGET_DIR" >&2
 cargo build --release --locked --bin guestgate >&2
+if [ "${PROFILE:-1}" = 1 ]; then
+  echo "bench: building guestgate (profiling: release with symbols) for the profile section" >&2
+  cargo build --profile profiling --locked --bin guestgate >&2
+fi
 if [ "${NO_FLOOR:-0}" != 1 ]; then
   echo "bench: building the floor (bench/floor, release) into $CARGO_TARGET_DIR" >&2
   cargo build --release --locked --manifest-path "$ROOT/bench/floor/Cargo.toml" >&2

@@ -44,6 +44,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+# Bound for the script's life and never listening: connecting is refused, and no
+# other process can be given the port meanwhile (free_port's ports can be).
+_CLOSED = socket.socket()
+_CLOSED.bind(("127.0.0.1", 0))
+
+
+def closed_port():
+    return _CLOSED.getsockname()[1]
+
+
 def read_frame(f):
     """One WebSocket frame from a file-like object: (opcode, payload)."""
     head = f.read(2)
@@ -277,7 +287,7 @@ def main():
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     ports = dict(
         proxy=free_port(), admin=free_port(), upstream=upstream.server_address[1],
-        gone=free_port(), timeout=UPSTREAM_TIMEOUT_MS,
+        gone=closed_port(), timeout=UPSTREAM_TIMEOUT_MS,
     )
     work = tempfile.mkdtemp(prefix="guestgate-scrape.")
     config = os.path.join(work, "guestgate.toml")
