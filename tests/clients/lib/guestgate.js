@@ -4,7 +4,6 @@
 
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
@@ -23,20 +22,6 @@ function guestgateBin() {
     ? path.resolve(REPO_ROOT, process.env.CARGO_TARGET_DIR)
     : path.join(REPO_ROOT, 'target');
   return path.join(targetDir, 'debug', 'guestgate');
-}
-
-// Binds port 0, reads the port the kernel chose and releases it. Another
-// process could take it before guestgate binds it; start() retries for that.
-function freePort(host = '127.0.0.1') {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 function tomlString(s) {
@@ -83,25 +68,28 @@ function renderTableArray(name, entries, { inline = ['when'] } = {}) {
   }).join('\n');
 }
 
-function canConnect(port, host = '127.0.0.1') {
-  return new Promise((resolve) => {
-    const s = net.connect({ port, host });
-    s.once('connect', () => { s.destroy(); resolve(true); });
-    s.once('error', () => resolve(false));
-  });
+// The listener and admin addresses from the "guestgate listening" log line
+// (JSON logs), once the binary has written it: both listen on port 0, so no
+// port is chosen before guestgate binds it and no other process can take it.
+function listening(output) {
+  for (const line of output.split('\n')) {
+    let entry;
+    try { entry = JSON.parse(line); } catch { continue; }
+    if (!entry || entry.message !== 'guestgate listening') continue;
+    const admin = /^Some\((.+)\)$/.exec(entry.admin || '');
+    if (typeof entry.addr === 'string' && admin) return { addr: entry.addr, admin: admin[1] };
+  }
+  return null;
 }
 
 async function startOnce({ upstreamUrl, to, cors, extra, tableArrays }) {
-  const port = await freePort();
-  let adminPort = await freePort();
-  while (adminPort === port) adminPort = await freePort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'guestgate-clients-'));
   const config = {
-    server: { listen: `127.0.0.1:${port}` },
+    server: { listen: '127.0.0.1:0' },
     upstream: { base_url: upstreamUrl },
     guest_messages: { to },
-    admin: { listen: `127.0.0.1:${adminPort}` },
-    log: { level: process.env.GUESTGATE_TEST_LOG || 'info' },
+    admin: { listen: '127.0.0.1:0' },
+    log: { level: process.env.GUESTGATE_TEST_LOG || 'info', format: 'json' },
   };
   if (cors) config.cors = cors;
   for (const [section, keys] of Object.entries(extra || {})) config[section] = { ...(config[section] || {}), ...keys };
@@ -131,11 +119,13 @@ async function startOnce({ upstreamUrl, to, cors, extra, tableArrays }) {
   const deadline = Date.now() + 20000;
   while (Date.now() < deadline) {
     if (exited) break;
-    if (await canConnect(port)) {
+    const addrs = listening(output);
+    if (addrs) {
+      const port = Number(addrs.addr.slice(addrs.addr.lastIndexOf(':') + 1));
       return {
-        url: `http://127.0.0.1:${port}`,
+        url: `http://${addrs.addr}`,
         port,
-        adminUrl: `http://127.0.0.1:${adminPort}`,
+        adminUrl: `http://${addrs.admin}`,
         configPath,
         configText: text,
         proc,
@@ -155,8 +145,7 @@ async function startOnce({ upstreamUrl, to, cors, extra, tableArrays }) {
   }
   if (!exited) { proc.kill('SIGKILL'); await exitPromise; }
   fs.rmSync(dir, { recursive: true, force: true });
-  const err = new Error(`guestgate did not become ready on 127.0.0.1:${port} (exit: ${JSON.stringify(exited)})\nconfig:\n${text}\noutput:\n${output}`);
-  err.addrInUse = /address already in use|AddrInUse|os error 98/i.test(output);
+  const err = new Error(`guestgate did not become ready (exit: ${JSON.stringify(exited)})\nconfig:\n${text}\noutput:\n${output}`);
   throw err;
 }
 
@@ -164,17 +153,7 @@ async function startOnce({ upstreamUrl, to, cors, extra, tableArrays }) {
 // `extra` adds or extends sections (`{ 'upstreams.webmessaging': { base_url } }`);
 // `tableArrays` appends arrays of tables (`{ websocket_rules: [{ name, path, … }] }`).
 async function startGuestgate(opts) {
-  const o = { to: { id: 'queue-123' }, ...opts };
-  let lastErr;
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      return await startOnce(o);
-    } catch (e) {
-      lastErr = e;
-      if (!e.addrInUse) throw e;
-    }
-  }
-  throw lastErr;
+  return startOnce({ to: { id: 'queue-123' }, ...opts });
 }
 
-module.exports = { startGuestgate, freePort, guestgateBin, renderConfig, renderTableArray, REPO_ROOT };
+module.exports = { startGuestgate, guestgateBin, renderConfig, renderTableArray, REPO_ROOT };
