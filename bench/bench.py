@@ -558,7 +558,7 @@ def symbol_group(dso, kind, sym):
         return "kernel"
     if dso not in ("guestgate", "floor"):
         return dso
-    if sym.startswith(("_rjem_", "je_", "_rjem_je_")):
+    if sym.startswith(("_rjem_", "je_")):
         return "jemalloc"
     name = sym.lstrip("<")
     crate = name.split("::", 1)[0] if "::" in name else "(other)"
@@ -572,13 +572,13 @@ def symbol_group(dso, kind, sym):
 def perf_profile(key, port, path, pid, secs):
     """wrk at c=32 while `perf record` samples `pid` (on core 0, beside wrk); self time by symbol."""
     data = os.path.join(WORK, f"perf-{key}.data")
-    errf = open(os.path.join(WORK, f"perf-{key}.log"), "w")
-    rec = subprocess.Popen(taskset(LOADGEN_CPUS, ["perf", "record", "-q", "-F", "999", "-p", str(pid), "-o", data,
-                                                  "--", "sleep", str(secs)]),
-                           stdout=errf, stderr=subprocess.STDOUT)
-    time.sleep(0.3)
-    r = wrk(key, port, path, 32, secs)
-    rec.wait(timeout=secs + 60)
+    with open(os.path.join(WORK, f"perf-{key}.log"), "w") as errf:
+        rec = subprocess.Popen(taskset(LOADGEN_CPUS, ["perf", "record", "-q", "-F", "999", "-p", str(pid), "-o",
+                                                      data, "--", "sleep", str(secs)]),
+                               stdout=errf, stderr=subprocess.STDOUT)
+        time.sleep(0.3)
+        r = wrk(key, port, path, 32, secs)
+        rec.wait(timeout=secs + 60)
     out = run_out(["perf", "report", "-i", data, "--no-children", "--sort", "dso,sym", "--stdio", "-q", "-n", "-g",
                    "none", "--percent-limit", "0"])
     rows, samples = [], 0

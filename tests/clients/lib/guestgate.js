@@ -82,7 +82,10 @@ function listening(output) {
   return null;
 }
 
-async function startOnce({ upstreamUrl, to, cors, extra, tableArrays }) {
+// start({ upstreamUrl, to = { id: 'queue-123' }, cors, extra, tableArrays }) -> running guestgate
+// `extra` adds or extends sections (`{ 'upstreams.webmessaging': { base_url } }`);
+// `tableArrays` appends arrays of tables (`{ websocket_rules: [{ name, path, … }] }`).
+async function startGuestgate({ upstreamUrl, to = { id: 'queue-123' }, cors, extra, tableArrays }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'guestgate-clients-'));
   const config = {
     server: { listen: '127.0.0.1:0' },
@@ -149,11 +152,5 @@ async function startOnce({ upstreamUrl, to, cors, extra, tableArrays }) {
   throw err;
 }
 
-// start({ upstreamUrl, to = { id: 'queue-123' }, cors, extra, tableArrays }) -> running guestgate
-// `extra` adds or extends sections (`{ 'upstreams.webmessaging': { base_url } }`);
-// `tableArrays` appends arrays of tables (`{ websocket_rules: [{ name, path, … }] }`).
-async function startGuestgate(opts) {
-  return startOnce({ to: { id: 'queue-123' }, ...opts });
-}
 
 module.exports = { startGuestgate, guestgateBin, renderConfig, renderTableArray, REPO_ROOT };
