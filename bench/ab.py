@@ -10,7 +10,8 @@ and both routes (the intercepted guest message route and a pass-through
 route), each binary is started fresh, checked to answer 200, warmed up and
 measured. Reported: median requests/s and guestgate CPU microseconds per
 request (utime + stime over the run / requests), and each build's ratio to
-the first one. Needs nginx and wrk (bench/run.sh installs both); only
+the first one, also paired by round. The first binary runs twice per round
+(CONTROL=0 turns that off): how far it differs from itself is the noise. Needs nginx and wrk (bench/run.sh installs both); only
 127.0.0.1 is used.
 """
 
@@ -27,6 +28,10 @@ CONNS = [int(c) for c in os.environ.get("CONNS", "32,256").split(",")]
 # (load generator and upstream share the cores with guestgate).
 WORKERS = int(os.environ.get("WORKERS", "1"))
 PROXY_CPUS, WRK_CPUS = ("1", "0") if WORKERS == 1 else (None, None)
+# CONTROL=1 (the default): the first binary is measured a second time in every
+# round, under its name with "-again", so the report shows what the same build
+# differs from itself on this machine in this run: the noise a difference must exceed.
+CONTROL = os.environ.get("CONTROL", "1") == "1"
 ROUTES = [
     ("intercepted", rules.SHORTHAND_PATH),
     ("pass-through", rules.SHORTHAND_PATH.replace("/messages", "/attachments")),
@@ -43,6 +48,8 @@ def main():
     builds = [a.split("=", 1) for a in args]
     if len(builds) < 2 or any(len(b) != 2 for b in builds):
         raise SystemExit(__doc__)
+    if CONTROL:
+        builds.append([f"{builds[0][0]}-again", builds[0][1]])
     work = tempfile.mkdtemp(prefix="guestgate-ab-")
     nginx = rules.start_upstream(work)
     seen = {}
@@ -75,9 +82,11 @@ def main():
     lines = [
         f"{rules.ROUNDS} interleaved rounds of {rules.DURATION} s; {setup}; medians.",
         "",
-        f"| c | route | build | req/s | CPU us/request | req/s vs {first} | CPU vs {first} |",
-        "|---:|---|---|---:|---:|---:|---:|",
+        f"| c | route | build | req/s | CPU us/request | req/s vs {first} | CPU vs {first} "
+        f"| req/s vs {first}, paired by round |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
     ]
+    noise = []
     for conns in CONNS:
         for route, _ in ROUTES:
             base = seen[(conns, route, first)]
@@ -87,8 +96,16 @@ def main():
                 runs = seen[(conns, route, name)]
                 rps = statistics.median(r for r, _ in runs)
                 us = statistics.median(u for _, u in runs)
+                # Each round's ratio to the first build in that round, then their
+                # median: drift between rounds cancels out.
+                paired = statistics.median(r / b for (r, _), (b, _) in zip(runs, base))
+                if CONTROL and name == builds[-1][0]:
+                    noise.append(abs(paired - 1))
                 lines.append(f"| {conns} | {route} | {name} | {rps:.0f} | {us:.2f} | "
-                             f"{rps / base_rps:.3f}x | {us / base_us:.3f}x |")
+                             f"{rps / base_rps:.3f}x | {us / base_us:.3f}x | {paired:.3f}x |")
+    if noise:
+        lines += ["", f"Control: {first} against itself ({builds[-1][0]}) differs by up to "
+                      f"{max(noise) * 100:.1f} % (paired req/s); a difference within that is noise."]
     report = "\n".join(lines) + "\n"
     print(report)
     if out:
