@@ -27,7 +27,8 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "6"))
-CONNS = int(os.environ.get("CONNS", "32"))
+# One concurrency here; ab.py reads CONNS as a list, whose first entry this takes.
+CONNS = int(os.environ.get("CONNS", "32").split(",")[0])
 PORT = int(os.environ.get("BENCH_PORT_BASE", "18181"))
 UPSTREAM, PROXY, ADMIN = PORT, PORT + 1, PORT + 2
 CONV = "c0ffee00-1111-4222-8333-444455556666"
