@@ -11,8 +11,8 @@ route), each binary is started fresh, checked to answer 200, warmed up and
 measured. Reported: median requests/s and guestgate CPU microseconds per
 request (utime + stime over the run / requests), and each build's ratio to
 the first one, also paired by round. The first binary runs twice per round
-(CONTROL=0 turns that off): how far it differs from itself is the noise. Needs nginx and wrk (bench/run.sh installs both); only
-127.0.0.1 is used.
+(CONTROL=0 turns that off): how far it differs from itself is the noise.
+Needs nginx and wrk (bench/run.sh installs both); only 127.0.0.1 is used.
 """
 
 import os

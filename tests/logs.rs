@@ -290,8 +290,8 @@ async fn traffic(secrets: &Secrets) {
     .assert_problem(400);
     assert_eq!(upstream.count(), 2, "refused requests reached the upstream");
 
-    let dead = closed_port().await;
-    let unreachable_proxy = proxy_to(&format!("http://{dead}"), &[]).await;
+    let dead = closed_port();
+    let unreachable_proxy = proxy_to(&format!("http://127.0.0.1:{dead}"), &[]).await;
     raw(
         unreachable_proxy.addr,
         &post(
@@ -321,12 +321,6 @@ async fn traffic(secrets: &Secrets) {
     proxy.shutdown().await;
     unreachable_proxy.shutdown().await;
     broken_proxy.shutdown().await;
-}
-
-/// A loopback port nothing listens on.
-async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// An upstream that reads the request head and closes without answering.

@@ -244,10 +244,7 @@ async fn healthz_and_readyz_follow_the_upstream() {
     assert_eq!(upstream.count(), 0);
     proxy.shutdown().await;
 
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead = closed.local_addr().unwrap();
-    drop(closed);
-    let proxy = proxy_to(&format!("http://{dead}"), &[]).await;
+    let proxy = proxy_to(&format!("http://127.0.0.1:{}", closed_port()), &[]).await;
     let admin = proxy.admin_addr.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, text) = get_text(&client, format!("http://{admin}/readyz")).await;

@@ -348,14 +348,7 @@ async fn unknown_encodings_get_415() {
 
 #[tokio::test]
 async fn unreachable_upstream_gets_502() {
-    // Bind then drop: nothing listens on this port any more.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let proxy = proxy_to(&format!("http://127.0.0.1:{port}"), &[]).await;
+    let proxy = proxy_to(&format!("http://127.0.0.1:{}", closed_port()), &[]).await;
     let response = raw(proxy.addr, &post(ROUTE, "", br#"{"text":"x"}"#)).await;
     let problem = response.assert_problem(502);
     assert_eq!(

@@ -148,9 +148,7 @@ async function startGuestgate({ upstreamUrl, to = { id: 'queue-123' }, cors, ext
   }
   if (!exited) { proc.kill('SIGKILL'); await exitPromise; }
   fs.rmSync(dir, { recursive: true, force: true });
-  const err = new Error(`guestgate did not become ready (exit: ${JSON.stringify(exited)})\nconfig:\n${text}\noutput:\n${output}`);
-  throw err;
+  throw new Error(`guestgate did not become ready (exit: ${JSON.stringify(exited)})\nconfig:\n${text}\noutput:\n${output}`);
 }
-
 
 module.exports = { startGuestgate, guestgateBin, renderConfig, renderTableArray, REPO_ROOT };
