@@ -370,32 +370,19 @@ async fn reload_under_load_loses_no_request() {
 #[tokio::test]
 async fn the_binary_reloads_on_sighup_and_on_file_change() {
     let upstream = RecordingUpstream::start().await;
-    let dir = temp_dir("sighup");
-    let file = dir.join("guestgate.toml");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let write = |queue: &str, watch: u32| {
-        std::fs::write(
-            &file,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"\"\nconfig_watch_interval_secs = {watch}\n[upstream]\nbase_url = \"http://{}\"\n[guest_messages]\nto = {{ id = \"{queue}\" }}\n",
-                upstream.addr
-            ),
+    let config = |queue: &str, watch: u32| {
+        format!(
+            "[admin]\nconfig_watch_interval_secs = {watch}\n[guest_messages]\nto = {{ id = \"{queue}\" }}\n"
         )
-        .unwrap()
     };
-    write("queue-a", 0);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_guestgate"))
-        .arg("--config")
-        .arg(&file)
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The watch interval comes from the file, not the harness's variable.
+    let mut proxy = Binary::start(
+        &config("queue-a", 0),
+        &upstream,
+        &[("GUESTGATE__ADMIN__CONFIG_WATCH_INTERVAL_SECS", "")],
+    )
+    .await;
+    let addr = proxy.addr;
     let client = http1();
     let last_to = |expect: &'static str| {
         let client = client.clone();
@@ -421,27 +408,13 @@ async fn the_binary_reloads_on_sighup_and_on_file_change() {
         }
     };
     assert!(last_to("queue-a").await, "proxy started with queue-a");
-    write("queue-b", 1);
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    proxy.reload(&config("queue-b", 1)).await;
     assert!(last_to("queue-b").await, "SIGHUP applied queue-b");
     // The reloaded config watches its file every second: no signal needed.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    write("queue-c", 1);
+    proxy.write_config(&config("queue-c", 1));
     assert!(last_to("queue-c").await, "file change applied queue-c");
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = proxy.stop().await;
     assert!(status.success(), "graceful exit: {status}");
 }
 

@@ -384,8 +384,9 @@ pub struct Binary {
 impl Binary {
     /// Starts the binary with `config` as its `--config` file, listening and
     /// serving admin on loopback ports it binds itself (port 0), sending to
-    /// `upstream` unless `env` says otherwise; returns once it has logged
-    /// that it listens.
+    /// `upstream` and not watching its file unless `env` says otherwise (an
+    /// empty value removes the variable, leaving the file's setting); returns
+    /// once it has logged that it listens.
     pub async fn start(config: &str, upstream: &RecordingUpstream, env: &[(&str, &str)]) -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -410,7 +411,11 @@ impl Binary {
             .stdout(log)
             .stderr(std::process::Stdio::piped());
         for (k, v) in env {
-            command.env(k, v);
+            if v.is_empty() {
+                command.env_remove(k);
+            } else {
+                command.env(k, v);
+            }
         }
         let mut child = command.spawn().unwrap();
         let log = dir.join("stdout.log");
@@ -438,7 +443,7 @@ impl Binary {
     /// Replaces the configuration file and sends SIGHUP; returns once the
     /// reload is logged.
     pub async fn reload(&self, config: &str) {
-        std::fs::write(self.dir.join("guestgate.toml"), config).unwrap();
+        self.write_config(config);
         let before = self.log_text().matches("configuration reloaded").count();
         let status = std::process::Command::new("kill")
             .args(["-HUP", &self.child.id().to_string()])
@@ -452,6 +457,12 @@ impl Binary {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("no reload logged:\n{}", self.log_text());
+    }
+
+    /// Replaces the configuration file without signalling (for the file
+    /// watch).
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(self.dir.join("guestgate.toml"), config).unwrap();
     }
 
     /// The log lines written so far, parsed.
