@@ -733,7 +733,7 @@ def machine_info():
         luajit = f"{owner} {first_line(['dpkg-query', '-W', '-f', '${Version}', owner])}"
     oha = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
     commit = first_line(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-    dirty = run_out(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"]).stdout
+    dirty = run_out(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "crates", "Cargo.toml", "Cargo.lock"]).stdout
     return {
         "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "mem": mem,
         "kernel": platform.release(), "os": osname,

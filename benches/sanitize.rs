@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use guestgate::edit::{Edits, apply};
-use guestgate::rules::{ToPolicy, shorthand_edits};
+use guestgate::sanitize::{ToPolicy, shorthand_edits};
 use guestgate::sanitize::{parse_object, sanitize_bytes};
 use serde_json::json;
 

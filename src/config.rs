@@ -521,7 +521,7 @@ fn parse_addr(name: &str, value: &str, problems: &mut Vec<String>) -> Option<Soc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::ToPolicy;
+    use crate::sanitize::ToPolicy;
 
     fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
         Some(

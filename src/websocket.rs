@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::connection::Lease;
 use crate::edit::{self, Edits, Op};
 use crate::metrics::Metrics;
-use crate::pointer::{Pointer, Token};
+use crate::pointer::Pointer;
 use crate::routing::{CanonicalPath, RouteTemplate};
 use crate::rules::{self, EditSettings};
 use crate::sanitize;
@@ -98,7 +98,7 @@ impl MessageRule {
     fn applies_to(&self, message: &Map<String, Value>) -> bool {
         self.when
             .iter()
-            .all(|(pointer, value)| get(message, pointer) == Some(value))
+            .all(|(pointer, value)| pointer.get(message) == Some(value))
     }
 }
 
@@ -147,26 +147,6 @@ impl MessageRules {
         }
         out
     }
-}
-
-/// The value at a wildcard-free pointer.
-fn get<'a>(message: &'a Map<String, Value>, pointer: &Pointer) -> Option<&'a Value> {
-    let mut tokens = pointer.tokens().iter();
-    let Some(Token::Name { key, .. }) = tokens.next() else {
-        return None;
-    };
-    let mut at = message.get(key)?;
-    for token in tokens {
-        let Token::Name { key, index } = token else {
-            return None;
-        };
-        at = match at {
-            Value::Object(map) => map.get(key)?,
-            Value::Array(items) => items.get((*index)?)?,
-            _ => return None,
-        };
-    }
-    Some(at)
 }
 
 /// Compiles `[websocket]` and `[[websocket_rules]]`, one line per problem

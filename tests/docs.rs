@@ -572,10 +572,14 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The problem type suffixes the code can answer with: the string literals
-/// of every `fn reason` in `src/`.
+/// of every `fn reason` in `src/` and `crates/`.
 fn problem_types_in_code() -> BTreeSet<String> {
     let mut types = BTreeSet::new();
-    for file in sources(&Path::new(ROOT).join("src")) {
+    let root = Path::new(ROOT);
+    for file in [root.join("src"), root.join("crates")]
+        .iter()
+        .flat_map(|d| sources(d))
+    {
         let text = std::fs::read_to_string(file).unwrap();
         let mut rest = text.as_str();
         while let Some(at) = rest.find("fn reason(") {

@@ -15,8 +15,7 @@
 
 use guestgate::edit::{Changes, Edits, Op};
 use guestgate::routing::{CanonicalPath, PathError, RouteTemplate};
-use guestgate::rules::{ToPolicy, shorthand_edits};
-use guestgate::sanitize::sanitize_bytes;
+use guestgate::sanitize::{ToPolicy, sanitize_bytes, shorthand_edits};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Map, Number, Value, json};

@@ -5,7 +5,7 @@
 //! Tomcat, Jetty and Spring do).
 #![no_main]
 
-use guestgate::routing::{CanonicalPath, RouteTemplate};
+use guestgate_core::routing::{CanonicalPath, RouteTemplate};
 use libfuzzer_sys::fuzz_target;
 
 const ROUTES: [&str; 2] = [

@@ -7,9 +7,9 @@
 //! (operation, pointer, value), each an index into the pools below.
 #![no_main]
 
-use guestgate::edit::{Edits, apply};
-use guestgate::pointer::Pointer;
-use guestgate::sanitize::parse_object;
+use guestgate_core::edit::{Edits, apply};
+use guestgate_core::pointer::Pointer;
+use guestgate_core::sanitize::parse_object;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 

@@ -4,9 +4,8 @@
 //! sanitizes again to the same bytes.
 #![no_main]
 
-use guestgate::edit::Op;
-use guestgate::rules::{ToPolicy, shorthand_edits};
-use guestgate::sanitize::{parse_object, sanitize_bytes};
+use guestgate_core::edit::Op;
+use guestgate_core::sanitize::{ToPolicy, parse_object, sanitize_bytes, shorthand_edits};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 

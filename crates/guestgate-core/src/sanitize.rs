@@ -12,9 +12,11 @@ use std::fmt;
 
 use bytes::Bytes;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
 use crate::edit::{self, Changes, EditError, Edits};
+use crate::pointer::{Pointer, PointerError};
 
 /// Why a body cannot be sanitized; every variant becomes a 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,6 +173,45 @@ impl<'de> Visitor<'de> for StrictVisitor {
         }
         Ok(Value::Object(out))
     }
+}
+
+/// How the configured `to` meets a client-sent one (`[guest_messages]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToPolicy {
+    /// A guest never chooses its own target.
+    Override,
+    /// Keep the client's `to` when it sends one.
+    IfMissing,
+}
+
+/// The edits `[guest_messages]` stands for: each `strip` key removed at the
+/// top level, then `to` set (`override`) or set where missing (`if_missing`).
+/// On error, the strip key that is no pointer.
+pub fn shorthand_edits(
+    strip: &[String],
+    to: Value,
+    to_policy: ToPolicy,
+) -> Result<Edits, (String, PointerError)> {
+    let remove = strip
+        .iter()
+        .map(|key| {
+            Pointer::parse(&format!("/{}", key.replace('~', "~0").replace('/', "~1")))
+                .map_err(|e| (key.clone(), e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let target = vec![(Pointer::parse("/to").expect("a valid pointer"), to)];
+    let (set, set_if_missing) = match to_policy {
+        ToPolicy::Override => (target, Vec::new()),
+        ToPolicy::IfMissing => (Vec::new(), target),
+    };
+    Ok(Edits {
+        remove,
+        set_if_missing,
+        set,
+        allow: Vec::new(),
+        require: Vec::new(),
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use serde_json::{Map, Value};
+
 /// A parsed pointer that remembers the text it was configured as, so errors
 /// and change records can name it without allocating.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -69,6 +71,27 @@ impl Pointer {
     /// locations, including none.
     pub fn has_wildcard(&self) -> bool {
         self.tokens.contains(&Token::Wildcard)
+    }
+
+    /// The value this pointer names in `object`; `None` for a pointer with a
+    /// wildcard, which names no single value.
+    pub fn get<'a>(&self, object: &'a Map<String, Value>) -> Option<&'a Value> {
+        let mut tokens = self.tokens.iter();
+        let Some(Token::Name { key, .. }) = tokens.next() else {
+            return None;
+        };
+        let mut at = object.get(key)?;
+        for token in tokens {
+            let Token::Name { key, index } = token else {
+                return None;
+            };
+            at = match at {
+                Value::Object(map) => map.get(key)?,
+                Value::Array(items) => items.get((*index)?)?,
+                _ => return None,
+            };
+        }
+        Some(at)
     }
 
     /// The configured text, shared, for errors and change records.
@@ -192,6 +215,21 @@ mod tests {
             key: key.to_owned(),
             index: Some(i),
         }
+    }
+
+    #[test]
+    fn get_names_one_value_or_none() {
+        let body = serde_json::json!({"a": {"b": [1, {"c": 2}]}, "01": 3});
+        let body = body.as_object().unwrap();
+        let get = |text: &str| Pointer::parse(text).unwrap().get(body).cloned();
+        assert_eq!(get("/a/b/1/c"), Some(serde_json::json!(2)));
+        assert_eq!(get("/a/b/0"), Some(serde_json::json!(1)));
+        assert_eq!(get("/01"), Some(serde_json::json!(3)));
+        assert_eq!(get("/a/b/01"), None, "not an index");
+        assert_eq!(get("/a/b/2"), None);
+        assert_eq!(get("/a/x"), None);
+        assert_eq!(get("/a/b/0/c"), None, "inside a number");
+        assert_eq!(get("/a/*"), None, "a wildcard names no single value");
     }
 
     fn tokens(text: &str) -> Vec<Token> {
