@@ -86,7 +86,8 @@ def wait_port(port):
     raise SystemExit(f"nothing listens on {port}")
 
 
-def start_guestgate(binary, config, work, workers=1, cpus="1"):
+def start_guestgate(binary, config, work, workers=1, cpus="1", prefix=()):
+    """The proxy on PROXY, pinned to `cpus`, run through `prefix` (e.g. valgrind)."""
     path = os.path.join(work, "guestgate.toml")
     with open(path, "w") as f:
         f.write(config)
@@ -103,7 +104,7 @@ def start_guestgate(binary, config, work, workers=1, cpus="1"):
     env.pop("GUESTGATE__GUEST_MESSAGES__TO__ID", None)
     pin = ["taskset", "-c", cpus] if cpus else []
     proc = subprocess.Popen(
-        pin + [binary, "--config", path],
+        pin + list(prefix) + [binary, "--config", path],
         env=env,
         stdout=subprocess.DEVNULL,
     )

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Instructions per request of guestgate builds, counted by valgrind: an A/B
+that a noisy machine's wall-clock spread does not drown.
+
+    python3 bench/instructions.py NAME=BINARY NAME=BINARY [...] [--out RESULTS_FILE]
+
+Each binary serves [guest_messages] with one worker under `valgrind
+--tool=cachegrind --cache-sim=no`, which counts the user-space instructions it
+executes (Ir), in front of the nginx `return 200` upstream of bench/ab.py. For
+every concurrency in CONNS (default 32,256) and both routes (intercepted and
+pass-through) it runs twice, after the same check request: once serving FEW
+requests (default 2000) and once MANY (default 10000), sent by `oha -n` over
+that many keep-alive connections. The difference of the two totals divided by
+MANY - FEW is the instructions per request, without start-up, connection
+set-up and shutdown. ROUNDS (default 2) repeats it all, interleaved, and
+the report gives each build's median and its ratio to the first.
+
+What this does not see: the kernel (most of a request's CPU on loopback,
+bench/NOTES.md), cache misses and waiting. A change that saves instructions but
+adds system calls or wake-ups shows here as a win, so bench/ab.py's wall-clock
+run still decides what is kept. Needs valgrind, nginx and oha (bench/run.sh
+installs nginx and oha; `apt-get install valgrind`); only 127.0.0.1 is used.
+"""
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rules  # noqa: E402  (shares the upstream, the proxy's start and the check)
+
+CONNS = [int(c) for c in os.environ.get("CONNS", "32,256").split(",")]
+FEW = int(os.environ.get("FEW", "2000"))
+MANY = int(os.environ.get("MANY", "10000"))
+ROUNDS = int(os.environ.get("ROUNDS", "2"))
+ROUTES = [
+    ("intercepted", rules.SHORTHAND_PATH),
+    ("pass-through", rules.SHORTHAND_PATH.replace("/messages", "/attachments")),
+]
+OHA = os.path.expanduser("~/.cargo/bin/oha") if not subprocess.run(
+    ["sh", "-c", "command -v oha"], capture_output=True).stdout else "oha"
+
+
+def send(path, requests, conns):
+    """`requests` POSTs of the bench message over `conns` connections; all must be 200."""
+    out = subprocess.run(
+        ["taskset", "-c", "0", OHA, "-n", str(requests), "-c", str(conns), "--no-tui",
+         "--output-format", "json", "-m", "POST", "-T", "application/json",
+         "-D", f"{rules.BENCH}/lib/message.json", f"http://127.0.0.1:{rules.PROXY}{path}"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    codes = json.loads(out)["statusCodeDistribution"]
+    if codes != {"200": requests}:
+        raise SystemExit(f"{path}: answers {codes}, expected {requests} x 200")
+
+
+def instructions(binary, work, path, requests, conns):
+    """Ir of one guestgate process that served the check request and `requests` more."""
+    out = os.path.join(work, "cachegrind.out")
+    valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--branch-sim=no",
+                f"--cachegrind-out-file={out}", f"--log-file={work}/valgrind.log"]
+    proc = rules.start_guestgate(binary, rules.SHORTHAND, work, 1, "1", prefix=valgrind)
+    try:
+        rules.check_forward(path)
+        send(path, requests, conns)
+    finally:
+        proc.terminate()
+        proc.wait()
+    if proc.returncode != 0:
+        raise SystemExit(f"{binary} exited with {proc.returncode} under valgrind")
+    with open(out) as f:
+        summary = re.search(r"^summary: (\d+)", f.read(), re.M)
+    os.remove(out)
+    return int(summary.group(1))
+
+
+def main():
+    args = sys.argv[1:]
+    out = None
+    if "--out" in args:
+        i = args.index("--out")
+        out = args[i + 1]
+        del args[i:i + 2]
+    builds = [a.split("=", 1) for a in args]
+    if not builds or any(len(b) != 2 for b in builds) or MANY <= FEW:
+        raise SystemExit(__doc__)
+    work = tempfile.mkdtemp(prefix="guestgate-instructions-")
+    nginx = rules.start_upstream(work)
+    seen = {}
+    try:
+        for round_ in range(ROUNDS):
+            for conns in CONNS:
+                for route, path in ROUTES:
+                    for name, binary in builds:
+                        few = instructions(binary, work, path, FEW, conns)
+                        many = instructions(binary, work, path, MANY, conns)
+                        per = (many - few) / (MANY - FEW)
+                        seen.setdefault((conns, route, name), []).append(per)
+                        print(f"round {round_ + 1} c={conns} {route:12} {name:10} "
+                              f"{per:10.0f} instructions/request", flush=True)
+    finally:
+        nginx.terminate()
+        nginx.wait()
+    first = builds[0][0]
+    lines = [
+        f"User-space instructions per request (valgrind cachegrind, Ir), one guestgate worker; "
+        f"({MANY} - {FEW} requests) per case, {ROUNDS} interleaved rounds, median; the spread "
+        "is the lowest and highest round.",
+        "",
+        "| c | route | build | instructions/request | spread | vs " + first + " |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
+    for conns in CONNS:
+        for route, _ in ROUTES:
+            base = statistics.median(seen[(conns, route, first)])
+            for name, _ in builds:
+                runs = seen[(conns, route, name)]
+                med = statistics.median(runs)
+                lines.append(f"| {conns} | {route} | {name} | {med:.0f} | "
+                             f"{min(runs):.0f}-{max(runs):.0f} | {med / base:.3f}x |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if out:
+        with open(out, "a") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    main()
