@@ -14,8 +14,9 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
 ];
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1 and common legacy ones): they
-/// describe one connection and are never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// describe one connection and are never forwarded. Statics, not consts: a
+/// const array of `HeaderName`s is built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -29,7 +30,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Request headers never forwarded: hop-by-hop ones, `Upgrade` (put back
 /// for upgrade requests), `Expect` (answered here), `Host` (the client sets
 /// the upstream's) and method overrides.
-const REQUEST_DROPPED: [HeaderName; 14] = [
+static REQUEST_DROPPED: [HeaderName; 14] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

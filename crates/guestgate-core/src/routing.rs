@@ -92,8 +92,14 @@ impl CanonicalPath {
             let slash = text.len();
             text.push('/');
             let start = text.len();
-            normalize_segment_into(&mut text, raw_segment)?;
-            let bare_end = text[start..].find(';').map_or(text.len(), |i| start + i);
+            let bare_end = if raw_segment.bytes().all(|b| PLAIN[usize::from(b)]) {
+                // Already canonical, and without `;`: the usual segment.
+                text.push_str(raw_segment);
+                text.len()
+            } else {
+                normalize_segment_into(&mut text, raw_segment)?;
+                text[start..].find(';').map_or(text.len(), |i| start + i)
+            };
             trailing_slash = false;
             // Servers that drop `;parameters` before resolving dot segments
             // (Tomcat, Jetty, Spring) read `..;x` as `..` and `;x` as an
@@ -130,12 +136,24 @@ impl CanonicalPath {
 }
 
 /// RFC 3986 unreserved characters: decoding them never changes meaning.
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// The bytes a segment can consist of to be its own canonical form with no
+/// `;parameters`: pchar minus `%` and `;`. One lookup per byte.
+static PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_pchar(b as u8) && b as u8 != b';';
+        b += 1;
+    }
+    table
+};
+
 /// Characters allowed raw in a path segment (pchar minus `%`).
-fn is_pchar(b: u8) -> bool {
+const fn is_pchar(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
