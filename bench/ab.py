@@ -32,21 +32,12 @@ PROXY_CPUS, WRK_CPUS = ("1", "0") if WORKERS == 1 else (None, None)
 # round, under its name with "-again", so the report shows what the same build
 # differs from itself on this machine in this run: the noise a difference must exceed.
 CONTROL = os.environ.get("CONTROL", "1") == "1"
-ROUTES = [
-    ("intercepted", rules.SHORTHAND_PATH),
-    ("pass-through", rules.SHORTHAND_PATH.replace("/messages", "/attachments")),
-]
+ROUTES = rules.ROUTES
 
 
 def main():
-    args = sys.argv[1:]
-    out = None
-    if "--out" in args:
-        i = args.index("--out")
-        out = args[i + 1]
-        del args[i:i + 2]
-    builds = [a.split("=", 1) for a in args]
-    if len(builds) < 2 or any(len(b) != 2 for b in builds):
+    builds, out = rules.builds_and_out(sys.argv[1:], __doc__)
+    if len(builds) < 2:
         raise SystemExit(__doc__)
     if CONTROL:
         builds.append([f"{builds[0][0]}-again", builds[0][1]])
@@ -106,11 +97,7 @@ def main():
     if noise:
         lines += ["", f"Control: {first} against itself ({builds[-1][0]}) differs by up to "
                       f"{max(noise) * 100:.1f} % (paired req/s); a difference within that is noise."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if out:
-        with open(out, "w") as f:
-            f.write(report)
+    rules.report(lines, out)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,7 @@ CONNS = [int(c) for c in os.environ.get("CONNS", "32,256").split(",")]
 FEW = int(os.environ.get("FEW", "2000"))
 MANY = int(os.environ.get("MANY", "10000"))
 ROUNDS = int(os.environ.get("ROUNDS", "2"))
-ROUTES = [
-    ("intercepted", rules.SHORTHAND_PATH),
-    ("pass-through", rules.SHORTHAND_PATH.replace("/messages", "/attachments")),
-]
+ROUTES = rules.ROUTES
 OHA = os.path.expanduser("~/.cargo/bin/oha") if not subprocess.run(
     ["sh", "-c", "command -v oha"], capture_output=True).stdout else "oha"
 
@@ -79,14 +76,8 @@ def instructions(binary, work, path, requests, conns):
 
 
 def main():
-    args = sys.argv[1:]
-    out = None
-    if "--out" in args:
-        i = args.index("--out")
-        out = args[i + 1]
-        del args[i:i + 2]
-    builds = [a.split("=", 1) for a in args]
-    if not builds or any(len(b) != 2 for b in builds) or MANY <= FEW:
+    builds, out = rules.builds_and_out(sys.argv[1:], __doc__)
+    if MANY <= FEW:
         raise SystemExit(__doc__)
     work = tempfile.mkdtemp(prefix="guestgate-instructions-")
     nginx = rules.start_upstream(work)
@@ -122,11 +113,7 @@ def main():
                 med = statistics.median(runs)
                 lines.append(f"| {conns} | {route} | {name} | {med:.0f} | "
                              f"{min(runs):.0f}-{max(runs):.0f} | {med / base:.3f}x |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if out:
-        with open(out, "a") as f:
-            f.write(report)
+    rules.report(lines, out, "a")
 
 
 if __name__ == "__main__":

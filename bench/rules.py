@@ -141,6 +141,37 @@ def run_wrk(path, pid, conns=CONNS, cpus="0", threads=1):
     return requests / DURATION, ticks / TICKS / requests * 1e6
 
 
+# The two routes the A/B scripts measure: the [guest_messages] route and a
+# path beside it that no rule intercepts.
+ROUTES = [
+    ("intercepted", SHORTHAND_PATH),
+    ("pass-through", SHORTHAND_PATH.replace("/messages", "/attachments")),
+]
+
+
+def builds_and_out(args, usage):
+    """NAME=BINARY arguments and the optional `--out FILE` of ab.py and instructions.py."""
+    args = list(args)
+    out = None
+    if "--out" in args:
+        i = args.index("--out")
+        out = args[i + 1]
+        del args[i:i + 2]
+    builds = [a.split("=", 1) for a in args]
+    if not builds or any(len(b) != 2 for b in builds):
+        raise SystemExit(usage)
+    return builds, out
+
+
+def report(lines, out, mode="w"):
+    """Prints the report and writes it to `out`, if given."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        with open(out, mode) as f:
+            f.write(text)
+
+
 def start_upstream(work):
     """The nginx `return 200` upstream on core 0."""
     with open(os.path.join(work, "nginx.conf"), "w") as f:
