@@ -32,7 +32,6 @@ PROXY_CPUS, WRK_CPUS = ("1", "0") if WORKERS == 1 else (None, None)
 # round, under its name with "-again", so the report shows what the same build
 # differs from itself on this machine in this run: the noise a difference must exceed.
 CONTROL = os.environ.get("CONTROL", "1") == "1"
-ROUTES = rules.ROUTES
 
 
 def main():
@@ -45,23 +44,20 @@ def main():
     nginx = rules.start_upstream(work)
     seen = {}
     try:
-        for round_ in range(rules.ROUNDS):
-            for conns in CONNS:
-                for route, path in ROUTES:
-                    for name, binary in builds:
-                        proc = rules.start_guestgate(binary, rules.SHORTHAND, work,
-                                                     WORKERS, PROXY_CPUS)
-                        try:
-                            rules.check_forward(path)
-                            wrk = (path, proc.pid, conns, WRK_CPUS, WORKERS)
-                            rules.run_wrk(*wrk)  # warm-up
-                            result = rules.run_wrk(*wrk)
-                        finally:
-                            proc.terminate()
-                            proc.wait()
-                        seen.setdefault((conns, route, name), []).append(result)
-                        print(f"round {round_ + 1} c={conns} {route:12} {name:10} "
-                              f"{result[0]:9.0f} req/s {result[1]:6.2f} us CPU/request", flush=True)
+        for round_, conns, route, path, name, binary in rules.interleaved(rules.ROUNDS, CONNS,
+                                                                         builds):
+            proc = rules.start_guestgate(binary, rules.SHORTHAND, work, WORKERS, PROXY_CPUS)
+            try:
+                rules.check_forward(path)
+                wrk = (path, proc.pid, conns, WRK_CPUS, WORKERS)
+                rules.run_wrk(*wrk)  # warm-up
+                result = rules.run_wrk(*wrk)
+            finally:
+                proc.terminate()
+                proc.wait()
+            seen.setdefault((conns, route, name), []).append(result)
+            print(f"round {round_} c={conns} {route:12} {name:10} "
+                  f"{result[0]:9.0f} req/s {result[1]:6.2f} us CPU/request", flush=True)
     finally:
         nginx.terminate()
         nginx.wait()
@@ -79,7 +75,7 @@ def main():
     ]
     noise = []
     for conns in CONNS:
-        for route, _ in ROUTES:
+        for route, _ in rules.ROUTES:
             base = seen[(conns, route, first)]
             base_rps = statistics.median(r for r, _ in base)
             base_us = statistics.median(u for _, u in base)

@@ -25,6 +25,7 @@ installs nginx and oha; `apt-get install valgrind`); only 127.0.0.1 is used.
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,9 +38,7 @@ CONNS = [int(c) for c in os.environ.get("CONNS", "32,256").split(",")]
 FEW = int(os.environ.get("FEW", "2000"))
 MANY = int(os.environ.get("MANY", "10000"))
 ROUNDS = int(os.environ.get("ROUNDS", "2"))
-ROUTES = rules.ROUTES
-OHA = os.path.expanduser("~/.cargo/bin/oha") if not subprocess.run(
-    ["sh", "-c", "command -v oha"], capture_output=True).stdout else "oha"
+OHA = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")  # as bench.py finds it
 
 
 def send(path, requests, conns):
@@ -83,16 +82,13 @@ def main():
     nginx = rules.start_upstream(work)
     seen = {}
     try:
-        for round_ in range(ROUNDS):
-            for conns in CONNS:
-                for route, path in ROUTES:
-                    for name, binary in builds:
-                        few = instructions(binary, work, path, FEW, conns)
-                        many = instructions(binary, work, path, MANY, conns)
-                        per = (many - few) / (MANY - FEW)
-                        seen.setdefault((conns, route, name), []).append(per)
-                        print(f"round {round_ + 1} c={conns} {route:12} {name:10} "
-                              f"{per:10.0f} instructions/request", flush=True)
+        for round_, conns, route, path, name, binary in rules.interleaved(ROUNDS, CONNS, builds):
+            few = instructions(binary, work, path, FEW, conns)
+            many = instructions(binary, work, path, MANY, conns)
+            per = (many - few) / (MANY - FEW)
+            seen.setdefault((conns, route, name), []).append(per)
+            print(f"round {round_} c={conns} {route:12} {name:10} "
+                  f"{per:10.0f} instructions/request", flush=True)
     finally:
         nginx.terminate()
         nginx.wait()
@@ -106,7 +102,7 @@ def main():
         "|---:|---|---|---:|---:|---:|",
     ]
     for conns in CONNS:
-        for route, _ in ROUTES:
+        for route, _ in rules.ROUTES:
             base = statistics.median(seen[(conns, route, first)])
             for name, _ in builds:
                 runs = seen[(conns, route, name)]

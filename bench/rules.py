@@ -149,6 +149,16 @@ ROUTES = [
 ]
 
 
+def interleaved(rounds, conns_list, builds):
+    """Every case of an A/B in its interleaved order: (round, conns, route, path,
+    name, binary), each build right after the other on the same case."""
+    for round_ in range(1, rounds + 1):
+        for conns in conns_list:
+            for route, path in ROUTES:
+                for name, binary in builds:
+                    yield round_, conns, route, path, name, binary
+
+
 def builds_and_out(args, usage):
     """NAME=BINARY arguments and the optional `--out FILE` of ab.py and instructions.py."""
     args = list(args)
