@@ -185,7 +185,7 @@ async fn forward_edited(
     let upstream = &generation.upstreams[rule.upstream];
     let request = Request::from_parts(parts, Body::empty());
     let host = headers::original_host(&request);
-    let uri = upstream.uri_for(route_path, request.uri().query());
+    let uri = upstream.uri_for_target(route_path, request.uri());
     let (parts, _) = request.into_parts();
     let mut headers = parts.headers;
     headers::prepare_headers(&mut headers, client, host, false);
@@ -205,7 +205,7 @@ async fn forward_edited(
         &rule.retry,
         outgoing,
         &generation.metrics,
-        RouteKind::Intercepted.as_str(),
+        RouteKind::Intercepted,
     );
     let mut response = otel::send(traced, sending).await?;
     headers::prepare_response(&mut response);

@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::edit::{Changes, Op};
+use crate::routing::RouteKind;
 
 /// A label value shared with the configuration (a rule name, a pointer):
 /// looking a series up clones a reference count, not the text.
@@ -138,6 +139,37 @@ fn latency_histogram() -> Histogram {
     ))
 }
 
+/// A histogram family's two series, one per route kind, looked up once:
+/// observing one hashes no labels and takes no lock on the family. Both
+/// series exist from the start.
+struct ByRoute {
+    intercepted: Histogram,
+    pass_through: Histogram,
+}
+
+impl ByRoute {
+    fn new(family: &Family<RouteLabel, Histogram, fn() -> Histogram>) -> Self {
+        let series = |route: RouteKind| {
+            family
+                .get_or_create(&RouteLabel {
+                    route: route.as_str(),
+                })
+                .clone()
+        };
+        Self {
+            intercepted: series(RouteKind::Intercepted),
+            pass_through: series(RouteKind::PassThrough),
+        }
+    }
+
+    fn of(&self, route: RouteKind) -> &Histogram {
+        match route {
+            RouteKind::Intercepted => &self.intercepted,
+            RouteKind::PassThrough => &self.pass_through,
+        }
+    }
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -148,8 +180,8 @@ pub struct Metrics {
     would_change: Family<RuleActionLabels, Counter>,
     rejected: Family<RejectedLabels, Counter>,
     no_rule: Shared,
-    upstream_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
-    total_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    upstream_latency: ByRoute,
+    total_latency: ByRoute,
     retries: Counter,
     websocket_messages: Family<RuleActionLabels, Counter>,
     websocket_closes: Family<CodeLabel, Counter>,
@@ -293,8 +325,8 @@ impl Metrics {
             would_change,
             rejected,
             no_rule: Shared(Arc::from("")),
-            upstream_latency,
-            total_latency,
+            upstream_latency: ByRoute::new(&upstream_latency),
+            total_latency: ByRoute::new(&total_latency),
             retries,
             websocket_messages,
             websocket_closes,
@@ -313,7 +345,7 @@ impl Metrics {
     /// Counts one answered request and its total latency.
     pub fn request(
         &self,
-        route: &'static str,
+        route: RouteKind,
         rule: Option<&Arc<str>>,
         method: &Method,
         status: StatusCode,
@@ -321,22 +353,18 @@ impl Metrics {
     ) {
         self.requests
             .get_or_create(&RequestLabels {
-                route,
+                route: route.as_str(),
                 rule: self.rule_label(rule),
                 method: method_label(method),
                 status: status_class(status),
             })
             .inc();
-        self.total_latency
-            .get_or_create(&RouteLabel { route })
-            .observe(took.as_secs_f64());
+        self.total_latency.of(route).observe(took.as_secs_f64());
     }
 
     /// Records how long the upstream took to answer.
-    pub fn upstream_latency(&self, route: &'static str, took: Duration) {
-        self.upstream_latency
-            .get_or_create(&RouteLabel { route })
-            .observe(took.as_secs_f64());
+    pub fn upstream_latency(&self, route: RouteKind, took: Duration) {
+        self.upstream_latency.of(route).observe(took.as_secs_f64());
     }
 
     /// Counts what a rule's edits changed in one body. The `[guest_messages]`
@@ -486,14 +514,14 @@ mod tests {
     fn exposition_has_the_labels() {
         let metrics = Arc::new(Metrics::new());
         metrics.request(
-            "intercepted",
+            RouteKind::Intercepted,
             Some(&Arc::from("webchat-send")),
             &Method::POST,
             StatusCode::CREATED,
             Duration::from_millis(3),
         );
         metrics.request(
-            "pass_through",
+            RouteKind::PassThrough,
             None,
             &Method::from_bytes(b"PROPFIND").unwrap(),
             StatusCode::BAD_GATEWAY,

@@ -69,9 +69,13 @@ pub async fn handle(
             response
         }
     };
-    generation
-        .metrics
-        .request(route, rule, &method, response.status(), started.elapsed());
+    generation.metrics.request(
+        outcome.route,
+        rule,
+        &method,
+        response.status(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -182,7 +186,7 @@ async fn forward(
         .flatten();
     let host = headers::original_host(&request);
     let upstream = &generation.upstreams[inspected.as_ref().map_or(0, |r| r.upstream)];
-    let uri = upstream.uri_for(path.as_path(), request.uri().query());
+    let uri = upstream.uri_for_target(path.as_path(), request.uri());
     let (parts, body) = request.into_parts();
     let mut headers = parts.headers;
     headers::prepare_headers(&mut headers, client, host, upgrade);
@@ -200,7 +204,7 @@ async fn forward(
     let took = started.elapsed();
     generation
         .metrics
-        .upstream_latency(RouteKind::PassThrough.as_str(), took);
+        .upstream_latency(RouteKind::PassThrough, took);
     tracing::debug!(
         upstream_ms = took.as_millis() as u64,
         status = response.status().as_u16(),

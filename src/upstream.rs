@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use bytes::Bytes;
 use http::header;
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::pool::{Http1Pool, SendError};
+use crate::routing::RouteKind;
 
 /// `[upstream]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -218,12 +220,29 @@ impl Upstream {
             pq.push('?');
             pq.push_str(query);
         }
-        Uri::builder()
-            .scheme(self.base.scheme.clone())
-            .authority(self.base.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .expect("canonical path and validated query form a valid URI")
+        let pq = PathAndQuery::try_from(pq).expect("canonical path and validated query");
+        self.absolute(pq)
+    }
+
+    /// Like [`Upstream::uri_for`] with the client's target as received. When
+    /// that target is already `path` (no base path, the canonical spelling:
+    /// the usual request), its parsed form is reused rather than built and
+    /// parsed again.
+    pub fn uri_for_target(&self, path: &str, target: &Uri) -> Uri {
+        match target.path_and_query() {
+            Some(pq) if self.base.path_prefix.is_empty() && pq.path() == path => {
+                self.absolute(pq.clone())
+            }
+            _ => self.uri_for(path, target.query()),
+        }
+    }
+
+    fn absolute(&self, path_and_query: PathAndQuery) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.base.scheme.clone());
+        parts.authority = Some(self.base.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).expect("scheme, authority and path form a URI")
     }
 
     /// Sends a prepared request and waits for the response head. Only
@@ -304,7 +323,7 @@ impl Upstream {
         retry: &RetrySettings,
         request: Request<Bytes>,
         metrics: &Metrics,
-        route: &'static str,
+        route: RouteKind,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = request.into_parts();
         let mut attempt = 1;
