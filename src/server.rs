@@ -428,6 +428,15 @@ impl Ends {
             }
         };
         tokio::pin!(deadline);
+        // Made once, not at every pass of the loop: a `watch` wait made
+        // afresh registers with its channel and unregisters when dropped,
+        // which cost about 1,000 instructions a request (bench/NOTES.md).
+        let stop = async {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(stop);
+        let closed = lease.closed();
+        tokio::pin!(closed);
         let mut draining = false;
         let result = loop {
             // Biased: the connection is polled first, without a random
@@ -443,11 +452,11 @@ impl Ends {
                 }
                 // Finish the request in flight, answer it with `Connection:
                 // close` (HTTP/1) or GOAWAY (HTTP/2), then close.
-                _ = stopping.wait_for(|stop| *stop), if !draining => {
+                () = &mut stop, if !draining => {
                     draining = true;
                     graceful_shutdown(connection.as_mut());
                 }
-                () = lease.closed() => {
+                () = &mut closed => {
                     tracing::debug!("closed at the end of the shutdown drain");
                     return;
                 }

@@ -82,6 +82,46 @@ pub struct CanonicalPath {
 impl CanonicalPath {
     /// Canonicalizes a raw origin-form path (without the query).
     pub fn parse(raw: &str) -> Result<Self, PathError> {
+        match Self::parse_plain(raw) {
+            Some(path) => Ok(path),
+            None => Self::parse_any(raw),
+        }
+    }
+
+    /// The usual path, already canonical: plain segments only (no escapes,
+    /// `;`, empty or dot segments). One pass over its bytes; `None` for any
+    /// other path, which [`CanonicalPath::parse_any`] then reads.
+    fn parse_plain(raw: &str) -> Option<Self> {
+        let bytes = raw.as_bytes();
+        if bytes.first() != Some(&b'/') {
+            return None;
+        }
+        let mut segments: Vec<Segment> = Vec::with_capacity(8);
+        let mut start = 1;
+        for end in 1..=bytes.len() {
+            if end < bytes.len() && bytes[end] != b'/' {
+                if !PLAIN[usize::from(bytes[end])] {
+                    return None;
+                }
+                continue;
+            }
+            if matches!(&bytes[start..end], b"" | b"." | b"..") {
+                return None;
+            }
+            segments.push(Segment {
+                start,
+                bare_end: end,
+            });
+            start = end + 1;
+        }
+        Some(Self {
+            text: raw.to_owned(),
+            segments,
+        })
+    }
+
+    /// Any path, segment by segment.
+    fn parse_any(raw: &str) -> Result<Self, PathError> {
         if !raw.starts_with('/') {
             return Err(PathError::NotOriginForm);
         }
@@ -303,7 +343,10 @@ impl RouteTemplate {
         let matched = pairs().all(|(template, segment)| {
             let bare = path.bare(segment);
             match template {
-                TemplateSegment::Literal(literal) => literal.eq_ignore_ascii_case(bare),
+                // Most requests spell a literal as configured: one compare.
+                TemplateSegment::Literal(literal) => {
+                    literal == bare || literal.eq_ignore_ascii_case(bare)
+                }
                 TemplateSegment::Param(_) => !bare.is_empty(),
             }
         });
@@ -354,6 +397,39 @@ mod tests {
     const ROUTE: &str =
         "/api/v2/conversations/messaging/guest/conversations/{conversationId}/messages";
     const CANON: &str = "/api/v2/conversations/messaging/guest/conversations/c-1/messages";
+
+    #[test]
+    fn the_plain_path_reading_agrees_with_the_full_one() {
+        for raw in [
+            "/",
+            "/a",
+            "/a/",
+            "//a",
+            "/a//b",
+            "/./a",
+            "/a/.",
+            "/a/..",
+            "/a/.b/..c/...",
+            "/a;b/c",
+            "/a/%41",
+            "/A/b-c_d~e!$&'()*+,=:@/f",
+            "/a/b c",
+            "/a\\b",
+            "",
+            "a/b",
+            CANON,
+        ] {
+            let plain = CanonicalPath::parse_plain(raw);
+            let any = CanonicalPath::parse_any(raw);
+            if let Some(plain) = &plain {
+                assert_eq!(Ok(plain), any.as_ref(), "{raw}");
+                assert_eq!(plain.as_path(), raw);
+            }
+            assert_eq!(CanonicalPath::parse(raw), any, "{raw}");
+        }
+        assert!(CanonicalPath::parse_plain(CANON).is_some());
+        assert!(CanonicalPath::parse_plain("/a/.b/..c/...").is_some());
+    }
 
     fn route_of(raw: &str) -> Result<Option<String>, PathError> {
         let template = RouteTemplate::parse(ROUTE).unwrap();
