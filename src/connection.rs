@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::shutdown::{Phase, Shutdown};
 
 /// Who the client was and how it reached us, for the X-Forwarded-* headers.
 #[derive(Debug, Clone, Copy)]
@@ -23,20 +25,20 @@ pub struct ClientInfo {
 #[derive(Clone)]
 pub struct Lease {
     _slot: Arc<OwnedSemaphorePermit>,
-    closing: watch::Receiver<bool>,
+    shutdown: Shutdown,
 }
 
 impl Lease {
-    /// A lease on `slot` that ends when `closing` turns true.
-    pub fn new(slot: Arc<OwnedSemaphorePermit>, closing: watch::Receiver<bool>) -> Self {
+    /// A lease on `slot` that ends when `shutdown` reaches [`Phase::Closing`].
+    pub fn new(slot: Arc<OwnedSemaphorePermit>, shutdown: Shutdown) -> Self {
         Self {
             _slot: slot,
-            closing,
+            shutdown,
         }
     }
 
     /// Resolves when the server closes its remaining connections (or is gone).
-    pub async fn closed(&mut self) {
-        let _ = self.closing.wait_for(|closing| *closing).await;
+    pub async fn closed(&self) {
+        self.shutdown.wait(Phase::Closing).await
     }
 }

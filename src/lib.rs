@@ -21,6 +21,7 @@ pub mod pool;
 pub mod proxy;
 pub mod rules;
 pub mod server;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod upgrade;

@@ -33,6 +33,7 @@ use crate::error::ProxyError;
 use crate::gateway::{ConfigSource, Gateway};
 use crate::head_timer::HeadTimer;
 use crate::metrics::OpenGuard;
+use crate::shutdown::{Phase, Shutdown};
 use crate::telemetry;
 
 /// Answers a request whose handler panicked: a 500 problem, and the server
@@ -179,9 +180,9 @@ async fn serve_with_slots<C: Connections>(
     shutdown: impl Future<Output = ()>,
 ) {
     let protocols = Arc::new(Protocols::new(&limits));
-    // Draining: finish what is in flight; closing: drop what is left.
-    let (stop, stopping) = watch::channel(false);
-    let (close, closing) = watch::channel(false);
+    // Draining: finish what is in flight; closing: drop what is left (also
+    // when this future is dropped before the drain is over).
+    let phases = CloseOnDrop(Shutdown::new());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -203,8 +204,8 @@ async fn serve_with_slots<C: Connections>(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let protocols = protocols.clone();
-        let stopping = stopping.clone();
-        let lease = Lease::new(Arc::new(permit), closing.clone());
+        let lease = Lease::new(Arc::new(permit), phases.0.clone());
+        let shutdown = phases.0.clone();
         // One deadline for the first request head, whatever comes before it
         // (the preface peek, the TLS handshake).
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
@@ -218,7 +219,7 @@ async fn serve_with_slots<C: Connections>(
                 },
                 app,
                 protocols,
-                stopping,
+                shutdown,
                 lease,
                 deadline,
             };
@@ -233,7 +234,7 @@ async fn serve_with_slots<C: Connections>(
     drop(listener);
     let open = limits.max_connections - slots.available_permits();
     tracing::info!(open_connections = open, "draining connections");
-    stop.send_replace(true);
+    phases.0.enter(Phase::Draining);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(limits.shutdown_timeout, slots.acquire_many(all))
         .await
@@ -244,8 +245,17 @@ async fn serve_with_slots<C: Connections>(
             open_connections = open,
             "shutdown timeout reached; closing remaining connections"
         );
-        close.send_replace(true);
+        phases.0.enter(Phase::Closing);
         let _ = tokio::time::timeout(Duration::from_secs(1), slots.acquire_many(all)).await;
+    }
+}
+
+/// A listener's shutdown signal that closes what is left when dropped.
+struct CloseOnDrop(Shutdown);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.enter(Phase::Closing);
     }
 }
 
@@ -310,7 +320,7 @@ struct Connection<C> {
     app: Arc<C>,
     client: ClientInfo,
     protocols: Arc<Protocols>,
-    stopping: watch::Receiver<bool>,
+    shutdown: Shutdown,
     lease: Lease,
     deadline: tokio::time::Instant,
 }
@@ -358,7 +368,7 @@ impl<C: Connections> Connection<C> {
         );
         let io = TokioIo::new(io);
         let mut ends = Ends {
-            stopping: self.stopping,
+            shutdown: self.shutdown,
             lease: self.lease,
             first_request,
             deadline: self.deadline,
@@ -384,10 +394,11 @@ impl<C: Connections> Connection<C> {
 }
 
 /// What ends a connection besides its client: no first request by
-/// `deadline`, the shutdown drain (`stopping`), and the close at the end of
-/// the drain (`lease`).
+/// `deadline`, and the listener's `shutdown`: the drain, then the close at
+/// its end.
 struct Ends {
-    stopping: watch::Receiver<bool>,
+    shutdown: Shutdown,
+    /// The connection's slot, held until it ends.
     lease: Lease,
     first_request: Arc<Notify>,
     deadline: tokio::time::Instant,
@@ -406,8 +417,8 @@ impl Ends {
         E: std::fmt::Display,
     {
         let Ends {
-            mut stopping,
-            mut lease,
+            shutdown,
+            lease: _slot,
             first_request,
             deadline,
             head_timer,
@@ -428,15 +439,10 @@ impl Ends {
             }
         };
         tokio::pin!(deadline);
-        // Made once, not at every pass of the loop: a `watch` wait made
-        // afresh registers with its channel and unregisters when dropped,
-        // which cost about 1,000 instructions a request (bench/NOTES.md).
-        let stop = async {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        };
-        tokio::pin!(stop);
-        let closed = lease.closed();
-        tokio::pin!(closed);
+        // Made once, not at every pass of the loop, and cheap to poll again
+        // (src/shutdown.rs).
+        let mut drain = shutdown.wait(Phase::Draining);
+        let mut close = shutdown.wait(Phase::Closing);
         let mut draining = false;
         let result = loop {
             // Biased: the connection is polled first, without a random
@@ -452,11 +458,12 @@ impl Ends {
                 }
                 // Finish the request in flight, answer it with `Connection:
                 // close` (HTTP/1) or GOAWAY (HTTP/2), then close.
-                () = &mut stop, if !draining => {
+                () = &mut drain, if !draining => {
                     draining = true;
                     graceful_shutdown(connection.as_mut());
                 }
-                () = &mut closed => {
+                // Closing comes after draining: only polled from then on.
+                () = &mut close, if draining => {
                     tracing::debug!("closed at the end of the shutdown drain");
                     return;
                 }

@@ -70,7 +70,7 @@ pub fn splice_upgrade<G: Send + 'static>(
         let _guard = guard;
         let closed = async move {
             match lease {
-                Some(mut lease) => lease.closed().await,
+                Some(lease) => lease.closed().await,
                 None => std::future::pending().await,
             }
         };

@@ -367,7 +367,7 @@ pub fn inspect<G: Send + 'static>(
             WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
         let closed = async move {
             match lease {
-                Some(mut lease) => lease.closed().await,
+                Some(lease) => lease.closed().await,
                 None => std::future::pending().await,
             }
         };
