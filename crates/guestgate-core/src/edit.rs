@@ -323,6 +323,43 @@ fn extend(path: &[Step], step: Step) -> Path {
 
 /// Removes every location `pointer` matches; true when there was one.
 fn remove(root: &mut Value, pointer: &Pointer) -> bool {
+    if pointer.has_wildcard() {
+        remove_matches(root, pointer)
+    } else {
+        remove_one(root, pointer.tokens())
+    }
+}
+
+/// [`remove`] for a pointer without wildcards, which names one location at
+/// most: followed in place, with nothing allocated.
+fn remove_one(root: &mut Value, tokens: &[Token]) -> bool {
+    let Some((last, parents)) = tokens.split_last() else {
+        return false;
+    };
+    let mut node = root;
+    for token in parents {
+        let child = match (node, token) {
+            (Value::Object(map), Token::Name { key, .. }) => map.get_mut(key),
+            (Value::Array(items), Token::Name { index: Some(i), .. }) => items.get_mut(*i),
+            _ => None,
+        };
+        let Some(child) = child else {
+            return false;
+        };
+        node = child;
+    }
+    match (node, last) {
+        (Value::Object(map), Token::Name { key, .. }) => map.shift_remove(key).is_some(),
+        (Value::Array(items), Token::Name { index: Some(i), .. }) if *i < items.len() => {
+            items.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// [`remove`] for any pointer: every match is found first, then removed.
+fn remove_matches(root: &mut Value, pointer: &Pointer) -> bool {
     let paths: Vec<Path> = walk(root, pointer)
         .found
         .into_iter()
@@ -371,6 +408,57 @@ enum Target {
 /// Writes `value` where `pointer` points and says what that did (`None`
 /// when a wildcard matched nothing).
 fn write(
+    root: &mut Value,
+    pointer: &Pointer,
+    value: &Value,
+    mode: Write,
+) -> Result<Option<Op>, EditError> {
+    if !pointer.has_wildcard() {
+        if let Some(op) = write_one(root, pointer.tokens(), value, mode) {
+            return Ok(Some(op));
+        }
+    }
+    write_matches(root, pointer, value, mode)
+}
+
+/// [`write`] for a pointer without wildcards, which lands in one place:
+/// followed in place, allocating only what it writes. `None`, with nothing
+/// changed, when the write cannot land; [`write_matches`] then says why.
+fn write_one(root: &mut Value, tokens: &[Token], value: &Value, mode: Write) -> Option<Op> {
+    let mut node = root;
+    for (depth, token) in tokens.iter().enumerate() {
+        node = match (node, token) {
+            (Value::Object(map), Token::Name { key, .. }) => {
+                if !map.contains_key(key) {
+                    // The missing member, holding the value in new objects
+                    // named by the segments below it.
+                    let mut nested = value.clone();
+                    for below in tokens[depth + 1..].iter().rev() {
+                        let Token::Name { key, .. } = below else {
+                            return None;
+                        };
+                        nested = Value::Object(Map::from_iter([(key.clone(), nested)]));
+                    }
+                    map.insert(key.clone(), nested);
+                    return Some(Op::Injected);
+                }
+                map.get_mut(key)?
+            }
+            (Value::Array(items), Token::Name { index: Some(i), .. }) => items.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    if mode == Write::IfMissing || node == value {
+        Some(Op::Kept)
+    } else {
+        *node = value.clone();
+        Some(Op::Overridden)
+    }
+}
+
+/// [`write`] for any pointer: every place it lands is found first, so a
+/// pointer that fails somewhere writes nowhere.
+fn write_matches(
     root: &mut Value,
     pointer: &Pointer,
     value: &Value,
@@ -488,6 +576,46 @@ mod tests {
 
     fn p(text: &str) -> Pointer {
         Pointer::parse(text).unwrap()
+    }
+
+    #[test]
+    fn pointers_without_wildcards_edit_as_the_general_walk_does() {
+        let docs = [
+            json!({}),
+            json!({"a": 1, "b": {"c": [10, {"d": null}, 30]}, "e": "x"}),
+            json!({"a": {"a": {"a": 1}}, "0": [], "b": [[1], {"1": 2}]}),
+            json!({"a": [], "b": null, "c": {"0": {"1": true}}}),
+        ];
+        let pointers = [
+            "/a", "/b", "/zz", "/a/a", "/a/a/a", "/a/zz/y", "/b/c", "/b/c/0", "/b/c/1/d", "/b/c/3",
+            "/b/c/x", "/b/0", "/b/0/0", "/b/1/1", "/e/f", "/c/0/1", "/0/0", "/a/0",
+        ];
+        let values = [json!(7), json!(null), json!({"k": [1]}), json!(1)];
+        for doc in &docs {
+            for text in pointers {
+                let pointer = p(text);
+                let (mut one, mut all) = (doc.clone(), doc.clone());
+                assert_eq!(
+                    super::remove(&mut one, &pointer),
+                    remove_matches(&mut all, &pointer),
+                    "remove {text} from {doc}"
+                );
+                // As text: the key order must agree too.
+                assert_eq!(one.to_string(), all.to_string(), "remove {text} from {doc}");
+                for value in &values {
+                    for mode in [Write::Always, Write::IfMissing] {
+                        let (mut one, mut all) = (doc.clone(), doc.clone());
+                        assert_eq!(
+                            write(&mut one, &pointer, value, mode),
+                            write_matches(&mut all, &pointer, value, mode),
+                            "{mode:?} {text} = {value} in {doc}"
+                        );
+                        let (one, all) = (one.to_string(), all.to_string());
+                        assert_eq!(one, all, "{mode:?} {text} = {value} in {doc}");
+                    }
+                }
+            }
+        }
     }
 
     /// Parses with key order kept, so outputs can be compared as text.

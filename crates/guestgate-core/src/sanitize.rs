@@ -13,6 +13,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
 use crate::edit::{self, Changes, EditError, Edits};
@@ -67,7 +68,10 @@ pub enum SanitizeError {
 pub fn sanitize_bytes(body: &[u8], edits: &Edits) -> Result<(Bytes, Changes), SanitizeError> {
     let mut map = parse_object(body)?;
     let changes = edit::apply(&mut map, edits)?;
-    let out = serde_json::to_vec(&map).expect("a JSON map always serializes");
+    // Room for the body and what a rule usually adds, so it is written
+    // without growing.
+    let mut out = Vec::with_capacity(body.len() + body.len() / 2 + 64);
+    serde_json::to_writer(&mut out, &map).expect("a JSON map always serializes");
     Ok((Bytes::from(out), changes))
 }
 
@@ -166,10 +170,14 @@ impl<'de> Visitor<'de> for StrictVisitor {
                     .map_err(de::Error::custom);
             }
             let StrictValue(value) = map.next_value()?;
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("{DUPLICATE}{key}")));
+            match out.entry(key) {
+                Entry::Occupied(seen) => {
+                    return Err(de::Error::custom(format_args!("{DUPLICATE}{}", seen.key())));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
             }
-            out.insert(key, value);
         }
         Ok(Value::Object(out))
     }
