@@ -100,7 +100,7 @@ fn remove_all(headers: &mut HeaderMap, set: u32) {
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
+    if present & 1 != 0 && !only_keep_alive(headers) {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter(|t| {
                 !REMOVABLE
@@ -118,6 +118,16 @@ fn remove_all(headers: &mut HeaderMap, set: u32) {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
+    }
+}
+
+/// True for the usual `Connection: keep-alive`, which names no header
+/// beyond the hop-by-hop ones: no need to read it token by token.
+fn only_keep_alive(headers: &HeaderMap) -> bool {
+    let mut lines = headers.get_all(header::CONNECTION).iter();
+    match (lines.next(), lines.next()) {
+        (Some(line), None) => line.as_bytes().eq_ignore_ascii_case(b"keep-alive"),
+        _ => false,
     }
 }
 
@@ -386,6 +396,24 @@ mod tests {
         }
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(address_value(v6), "2001:db8::1");
+    }
+
+    #[test]
+    fn keep_alive_alone_and_beside_other_connection_lines() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Keep-Alive".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
+        // A second Connection line still has its tokens read.
+        h.append(header::CONNECTION, "keep-alive".parse().unwrap());
+        h.append(header::CONNECTION, "x-hop".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
     }
 
     #[test]
