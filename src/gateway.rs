@@ -20,8 +20,10 @@ use crate::config::{Config, ConfigError};
 use crate::connection::ClientInfo;
 use crate::cors::Cors;
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Series};
 use crate::proxy;
+use crate::routing::RouteKind;
+use crate::rules::RuleIndex;
 use crate::upstream::Upstream;
 
 /// Where the configuration comes from, so a reload reads the same layers.
@@ -51,6 +53,10 @@ pub struct Generation {
     pub upstreams: Vec<Upstream>,
     /// Shared with every generation, so counts survive reloads.
     pub metrics: Arc<Metrics>,
+    /// Each rule's metric series, by [`RuleIndex`].
+    rule_series: Vec<Series>,
+    /// The series of requests no rule applied to.
+    pass_through_series: Series,
     /// Set when `cors.allowed_origins` is.
     cors: Option<Cors>,
 }
@@ -82,13 +88,30 @@ impl Generation {
                 }
             });
             let cors = Cors::new(proxy, &config.settings.cors, &config.cors_origins);
+            let rule_series = config
+                .rules
+                .rules()
+                .iter()
+                .map(|rule| {
+                    metrics.series(RouteKind::Intercepted, Some(&rule.name), &rule.pointers())
+                })
+                .collect();
+            let pass_through_series = metrics.series(RouteKind::PassThrough, None, &[]);
             Self {
                 config,
                 upstreams,
                 metrics,
+                rule_series,
+                pass_through_series,
                 cors,
             }
         })
+    }
+
+    /// The metric series of the rule at `rule`, or of requests no rule applied to.
+    pub fn series(&self, rule: Option<RuleIndex>) -> &Series {
+        rule.and_then(|RuleIndex(i)| self.rule_series.get(i))
+            .unwrap_or(&self.pass_through_series)
     }
 
     /// Answers one request under this generation's rules: browser CORS

@@ -20,7 +20,7 @@ use crate::gateway::Generation;
 use crate::headers;
 use crate::otel;
 use crate::routing::RouteKind;
-use crate::rules::{BodyKind, Rule};
+use crate::rules::{BodyKind, Rule, RuleIndex};
 use crate::sanitize::{self, BodyError};
 
 /// The only encodings decoded on the intercepted route, by canonical token.
@@ -47,6 +47,7 @@ fn content_encoding(headers: &HeaderMap) -> Result<Option<&'static str>, ProxyEr
 /// Reads, decodes and edits the whole body, then forwards the edited object.
 pub async fn intercept(
     generation: Arc<Generation>,
+    index: RuleIndex,
     rule: Arc<Rule>,
     mut request: Request,
     client: ClientInfo,
@@ -62,14 +63,14 @@ pub async fn intercept(
     match encoding {
         None => {
             let body = read_limited(&generation, body, false).await?;
-            forward_edited(&generation, &rule, parts, client, body, &route_path).await
+            forward_edited(&generation, index, &rule, parts, client, body, &route_path).await
         }
         // Rare, and its decoder's state is large: boxed, so the usual
         // request's state stays small.
         Some(_) => {
             let request = Request::from_parts(parts, body);
             Box::pin(intercept_encoded(
-                generation, rule, request, client, route_path,
+                generation, index, rule, request, client, route_path,
             ))
             .await
         }
@@ -79,6 +80,7 @@ pub async fn intercept(
 /// Decodes a gzip, deflate or br body (tower-http), then edits and forwards it.
 async fn intercept_encoded(
     generation: Arc<Generation>,
+    index: RuleIndex,
     rule: Arc<Rule>,
     request: Request,
     client: ClientInfo,
@@ -95,7 +97,7 @@ async fn intercept_encoded(
         async move {
             let (parts, body) = http::Request::into_parts(request);
             let bytes = read_limited(&generation, body, true).await?;
-            forward_edited(&generation, &rule, parts, client, bytes, &route_path).await
+            forward_edited(&generation, index, &rule, parts, client, bytes, &route_path).await
         }
     });
     let service = RequestDecompressionLayer::new().layer(decoded);
@@ -145,6 +147,7 @@ fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 
 async fn forward_edited(
     generation: &Generation,
+    index: RuleIndex,
     rule: &Rule,
     parts: http::request::Parts,
     client: ClientInfo,
@@ -179,7 +182,7 @@ async fn forward_edited(
         );
         generation
             .metrics
-            .edited(&rule.name, &changes, rule.shorthand);
+            .edited(generation.series(Some(index)), &changes, rule.shorthand);
         (edited, Some(HeaderValue::from_static("application/json")))
     };
     let upstream = &generation.upstreams[rule.upstream];

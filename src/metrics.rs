@@ -170,6 +170,30 @@ impl ByRoute {
     }
 }
 
+/// The series one rule counts its requests and edits in (or, with no
+/// rule, the pass-through's), each taken from its family at first use and
+/// kept: counting a request or an edit then hashes no labels and takes no
+/// lock. Built with the configuration generation ([`Metrics::series`]).
+pub struct Series {
+    route: RouteKind,
+    rule: Shared,
+    /// By [`METHODS`], then [`STATUS_CLASSES`].
+    requests: [[OnceLock<Counter>; STATUS_CLASSES.len()]; METHODS.len()],
+    /// By the rule's edit pointers.
+    edits: Vec<EditSeries>,
+    /// `[guest_messages]`: what happened to `to`, by [`Op`].
+    to: [OnceLock<Counter>; 4],
+}
+
+/// One edit pointer's series.
+struct EditSeries {
+    pointer: Arc<str>,
+    /// By [`Op`] (`kept` is not counted).
+    by_op: [OnceLock<Counter>; 4],
+    /// `[guest_messages]`: the field a strip removed.
+    stripped: OnceLock<Counter>,
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -342,24 +366,47 @@ impl Metrics {
         rule.map_or_else(|| self.no_rule.clone(), |r| Shared(r.clone()))
     }
 
+    /// The series of requests under `rule` (none: pass-through, and
+    /// requests refused before a rule applied) and of the edits at
+    /// `pointers`, its edit pointers as configured.
+    pub fn series(&self, route: RouteKind, rule: Option<&Arc<str>>, pointers: &[&str]) -> Series {
+        let mut edits: Vec<EditSeries> = Vec::new();
+        for pointer in pointers {
+            if !edits.iter().any(|e| &*e.pointer == *pointer) {
+                edits.push(EditSeries {
+                    pointer: Arc::from(*pointer),
+                    by_op: Default::default(),
+                    stripped: OnceLock::new(),
+                });
+            }
+        }
+        Series {
+            route,
+            rule: self.rule_label(rule),
+            requests: Default::default(),
+            edits,
+            to: Default::default(),
+        }
+    }
+
     /// Counts one answered request and its total latency.
-    pub fn request(
-        &self,
-        route: RouteKind,
-        rule: Option<&Arc<str>>,
-        method: &Method,
-        status: StatusCode,
-        took: Duration,
-    ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.as_str(),
-                rule: self.rule_label(rule),
-                method: method_label(method),
-                status: status_class(status),
+    pub fn request(&self, series: &Series, method: &Method, status: StatusCode, took: Duration) {
+        let (m, s) = (method_index(method), status_index(status));
+        series.requests[m][s]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        route: series.route.as_str(),
+                        rule: series.rule.clone(),
+                        method: METHODS[m],
+                        status: STATUS_CLASSES[s],
+                    })
+                    .clone()
             })
             .inc();
-        self.total_latency.of(route).observe(took.as_secs_f64());
+        self.total_latency
+            .of(series.route)
+            .observe(took.as_secs_f64());
     }
 
     /// Records how long the upstream took to answer.
@@ -369,32 +416,49 @@ impl Metrics {
 
     /// Counts what a rule's edits changed in one body. The `[guest_messages]`
     /// shorthand also counts in the series it had before rules existed.
-    pub fn edited(&self, rule: &Arc<str>, changes: &Changes, shorthand: bool) {
+    pub fn edited(&self, series: &Series, changes: &Changes, shorthand: bool) {
         for change in &changes.edits {
-            if change.op != Op::Kept {
+            let op = change.op as usize;
+            let at = series.edits.iter().find(|e| e.pointer == change.pointer);
+            let edit = || {
                 self.edits
                     .get_or_create(&EditLabels {
-                        rule: Shared(rule.clone()),
+                        rule: series.rule.clone(),
                         op: change.op.as_str(),
                         pointer: Shared(change.pointer.clone()),
                     })
-                    .inc();
+                    .clone()
+            };
+            if change.op != Op::Kept {
+                match at {
+                    Some(at) => at.by_op[op].get_or_init(edit).inc(),
+                    None => edit().inc(),
+                };
             }
             if !shorthand {
                 continue;
             }
             if &*change.pointer == "/to" {
-                self.to
-                    .get_or_create(&ActionLabel {
-                        action: change.op.as_str(),
-                    })
-                    .inc();
+                let to = || {
+                    self.to
+                        .get_or_create(&ActionLabel {
+                            action: change.op.as_str(),
+                        })
+                        .clone()
+                };
+                series.to[op].get_or_init(to).inc();
             } else if change.op == Op::Removed {
-                self.stripped
-                    .get_or_create(&FieldLabel {
-                        field: change.pointer[1..].to_owned(),
-                    })
-                    .inc();
+                let stripped = || {
+                    self.stripped
+                        .get_or_create(&FieldLabel {
+                            field: change.pointer[1..].to_owned(),
+                        })
+                        .clone()
+                };
+                match at {
+                    Some(at) => at.stripped.get_or_init(stripped).inc(),
+                    None => stripped().inc(),
+                };
             }
         }
     }
@@ -483,26 +547,34 @@ impl Drop for OpenGuard {
     }
 }
 
-fn method_label(method: &Method) -> &'static str {
+/// The `method` label's values; any other method counts as `other`.
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other",
+];
+
+/// The `status` label's values.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::PATCH => 3,
+        Method::DELETE => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
-fn status_class(status: StatusCode) -> &'static str {
+fn status_index(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -513,25 +585,62 @@ mod tests {
     #[test]
     fn exposition_has_the_labels() {
         let metrics = Arc::new(Metrics::new());
+        let rule = Arc::from("webchat-send");
+        let intercepted = metrics.series(RouteKind::Intercepted, Some(&rule), &["/id", "/to"]);
+        let pass_through = metrics.series(RouteKind::PassThrough, None, &[]);
         metrics.request(
-            RouteKind::Intercepted,
-            Some(&Arc::from("webchat-send")),
+            &intercepted,
             &Method::POST,
             StatusCode::CREATED,
             Duration::from_millis(3),
         );
         metrics.request(
-            RouteKind::PassThrough,
-            None,
+            &pass_through,
             &Method::from_bytes(b"PROPFIND").unwrap(),
             StatusCode::BAD_GATEWAY,
             Duration::from_millis(3),
         );
+        // A series keeps counting in its family once resolved.
+        metrics.request(
+            &intercepted,
+            &Method::POST,
+            StatusCode::CREATED,
+            Duration::from_millis(3),
+        );
+        let changes = Changes {
+            edits: vec![
+                crate::edit::Change {
+                    op: Op::Removed,
+                    pointer: Arc::from("/id"),
+                },
+                crate::edit::Change {
+                    op: Op::Injected,
+                    pointer: Arc::from("/to"),
+                },
+                // Not among the series' pointers: counted all the same.
+                crate::edit::Change {
+                    op: Op::Removed,
+                    pointer: Arc::from("/x"),
+                },
+            ],
+        };
+        metrics.edited(&intercepted, &changes, true);
+        metrics.edited(&intercepted, &changes, true);
         let guard = metrics.connection();
         let text = metrics.encode();
         assert!(text.contains(
-            r#"guestgate_requests_total{route="intercepted",rule="webchat-send",method="POST",status="2xx"} 1"#
+            r#"guestgate_requests_total{route="intercepted",rule="webchat-send",method="POST",status="2xx"} 2"#
         ));
+        for line in [
+            r#"guestgate_edits_total{rule="webchat-send",op="removed",pointer="/id"} 2"#,
+            r#"guestgate_edits_total{rule="webchat-send",op="injected",pointer="/to"} 2"#,
+            r#"guestgate_edits_total{rule="webchat-send",op="removed",pointer="/x"} 2"#,
+            r#"guestgate_fields_stripped_total{field="id"} 2"#,
+            r#"guestgate_fields_stripped_total{field="x"} 2"#,
+            r#"guestgate_to_total{action="injected"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         assert!(text.contains(r#"method="other",status="5xx"} 1"#));
         assert!(text.contains("guestgate_open_connections 1"));
         drop(guard);

@@ -18,7 +18,7 @@ use crate::headers;
 use crate::intercept;
 use crate::otel;
 use crate::routing::{CanonicalPath, PathError, RouteKind};
-use crate::rules::Rule;
+use crate::rules::{Rule, RuleIndex};
 use crate::upgrade;
 use crate::websocket::{self, MessageRoute};
 
@@ -27,8 +27,8 @@ use crate::websocket::{self, MessageRoute};
 pub struct Outcome {
     /// The route kind.
     pub route: RouteKind,
-    /// The rule that applied.
-    pub rule: Option<Arc<Rule>>,
+    /// The rule that applied, and its place in the table.
+    pub rule: Option<(RuleIndex, Arc<Rule>)>,
     /// The upstream's response, or why the proxy answers itself.
     pub result: Result<Response, ProxyError>,
 }
@@ -44,10 +44,10 @@ pub async fn handle(
     let exported = otel::ServerSpan::take(&mut request);
     let outcome = serve(&generation, request, client).await;
     if let Some(server) = &exported {
-        server.record_route(outcome.rule.as_deref(), client.tls);
+        server.record_route(outcome.rule.as_ref().map(|(_, rule)| &**rule), client.tls);
     }
     let route = outcome.route.as_str();
-    let rule = outcome.rule.as_ref().map(|rule| &rule.name);
+    let rule = outcome.rule.as_ref().map(|(_, rule)| &rule.name);
     let span = tracing::Span::current();
     span.record("route", route);
     if let Some(rule) = rule {
@@ -69,13 +69,10 @@ pub async fn handle(
             response
         }
     };
-    generation.metrics.request(
-        outcome.route,
-        rule,
-        &method,
-        response.status(),
-        started.elapsed(),
-    );
+    let series = generation.series(outcome.rule.as_ref().map(|(index, _)| *index));
+    generation
+        .metrics
+        .request(series, &method, response.status(), started.elapsed());
     response
 }
 
@@ -95,11 +92,12 @@ async fn serve(generation: &Arc<Generation>, request: Request, client: ClientInf
         Err(e) => return pass_through(Err(e.into())),
     };
     match generation.config.rules.lookup(request.method(), &path) {
-        Some((rule, route_path)) => Outcome {
+        Some((index, rule, route_path)) => Outcome {
             route: RouteKind::Intercepted,
-            rule: Some(rule.clone()),
+            rule: Some((index, rule.clone())),
             result: Box::pin(intercept::intercept(
                 generation.clone(),
+                index,
                 rule.clone(),
                 request,
                 client,

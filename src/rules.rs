@@ -130,7 +130,24 @@ pub struct Rule {
     pub shorthand: bool,
 }
 
+/// A rule's place in its table, for what is kept per rule beside it (its
+/// metric series).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleIndex(pub usize);
+
 impl Rule {
+    /// The edit pointers of every edit set (the per-origin ones included), as configured.
+    pub fn pointers(&self) -> Vec<&str> {
+        std::iter::once(&self.edits)
+            .chain(self.edits_by_origin.values())
+            .flat_map(|edits| {
+                let writes = edits.set_if_missing.iter().chain(&edits.set);
+                edits.remove.iter().chain(writes.map(|(p, _)| p))
+            })
+            .map(Pointer::as_str)
+            .collect()
+    }
+
     /// The route template the rule matches (it names the rule's trace spans).
     pub fn route(&self) -> &RouteTemplate {
         &self.route
@@ -212,11 +229,16 @@ pub struct RuleTable {
 impl RuleTable {
     /// The first rule for this method and path, with the exact path to
     /// forward (the template's spelling with the captured parameters).
-    pub fn lookup(&self, method: &Method, path: &CanonicalPath) -> Option<(&Arc<Rule>, String)> {
+    pub fn lookup(
+        &self,
+        method: &Method,
+        path: &CanonicalPath,
+    ) -> Option<(RuleIndex, &Arc<Rule>, String)> {
         self.rules
             .iter()
-            .filter(|rule| rule.matches_method(method))
-            .find_map(|rule| Some((rule, rule.route.matches(path)?)))
+            .enumerate()
+            .filter(|(_, rule)| rule.matches_method(method))
+            .find_map(|(i, rule)| Some((RuleIndex(i), rule, rule.route.matches(path)?)))
     }
 
     /// The rules in match order.
