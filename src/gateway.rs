@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -14,6 +15,7 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use http::header;
 
 use crate::config::{Config, ConfigError};
@@ -116,24 +118,33 @@ impl Generation {
 
     /// Answers one request under this generation's rules: browser CORS
     /// traffic through the CORS layer, everything else straight to the proxy.
-    pub async fn call(self: Arc<Self>, request: Request, client: ClientInfo) -> Response {
+    ///
+    /// Boxed here, once: the request's future is polled at every wake-up of
+    /// its connection and moved by every wrapper around it, and a box per
+    /// path holds only that path's state.
+    pub fn call(self: Arc<Self>, mut request: Request, client: ClientInfo) -> Answering {
         match &self.cors {
-            Some(cors) if Cors::applies(&request) => {
-                let mut request = request;
+            Some(_) if Cors::applies(&request) => {
                 request.extensions_mut().insert(client);
-                // Boxed: the router's state would otherwise enlarge every request's.
-                Box::pin(cors.call(request)).await
+                Box::pin(async move {
+                    match &self.cors {
+                        Some(cors) => cors.call(request).await,
+                        None => ProxyError::Internal.into_response(),
+                    }
+                })
             }
             Some(_) if !request.headers().contains_key(header::ORIGIN) => {
-                let response = proxy::handle(self.clone(), request, client).await;
-                Cors::not_cross_origin(response)
+                Box::pin(proxy::handle(self, request, client).map(Cors::not_cross_origin))
             }
             // Without CORS, and for a cross-origin OPTIONS that is not a
             // preflight: the upstream answers.
-            _ => proxy::handle(self, request, client).await,
+            _ => Box::pin(proxy::handle(self, request, client)),
         }
     }
 }
+
+/// A request being answered (see [`Generation::call`]).
+pub type Answering = Pin<Box<dyn Future<Output = Response> + Send>>;
 
 /// The running proxy's shared core.
 pub struct Gateway {

@@ -84,38 +84,49 @@ impl Http1Pool {
     /// Sends `request` (its URI in origin form) over an idle connection, or
     /// a new one. A request that an idle connection closed under could not
     /// take is sent once more on a new connection; it was never written.
-    pub async fn send(&self, mut request: Request<Body>) -> Result<Response<Body>, SendError> {
+    pub fn send(
+        &self,
+        mut request: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + 'static {
         request
             .headers_mut()
             .insert(http::header::HOST, self.shared.host.clone());
-        if let Some(mut sender) = self.shared.take_idle() {
-            if sender.ready().await.is_ok() {
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(self.pooled(response, sender)),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => request = unsent,
-                        None => return Err(SendError::Request(e.into_error().into())),
-                    },
+        let shared = self.shared.clone();
+        let idle = shared.take_idle();
+        // The request is used in place: an `async fn` would keep a second copy.
+        async move {
+            if let Some(mut sender) = idle {
+                if sender.ready().await.is_ok() {
+                    match sender.try_send_request(request).await {
+                        Ok(response) => return Ok(pooled(shared, response, sender)),
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => request = unsent,
+                            None => return Err(SendError::Request(e.into_error().into())),
+                        },
+                    }
                 }
             }
-        }
-        let mut sender = self.shared.connect().await?;
-        match sender.send_request(request).await {
-            Ok(response) => Ok(self.pooled(response, sender)),
-            Err(e) => Err(SendError::Request(e.into())),
+            let mut sender = shared.connect().await?;
+            match sender.send_request(request).await {
+                Ok(response) => Ok(pooled(shared, response, sender)),
+                Err(e) => Err(SendError::Request(e.into())),
+            }
         }
     }
+}
 
-    /// The response, its body giving the connection back when read to the end.
-    fn pooled(&self, response: Response<Incoming>, sender: SendRequest<Body>) -> Response<Body> {
-        let shared = self.shared.clone();
-        response.map(|body| {
-            Body::new(PooledBody {
-                body,
-                lease: Some((sender, shared)),
-            })
+/// The response, its body giving the connection back when read to the end.
+fn pooled(
+    shared: Arc<Shared>,
+    response: Response<Incoming>,
+    sender: SendRequest<Body>,
+) -> Response<Body> {
+    response.map(|body| {
+        Body::new(PooledBody {
+            body,
+            lease: Some((sender, shared)),
         })
-    }
+    })
 }
 
 impl Shared {

@@ -144,10 +144,9 @@ impl Connections for Gateway {
         request: Request,
         client: ClientInfo,
     ) -> impl Future<Output = Response> + Send + 'static {
-        // Boxed once here: the handler's future is several KiB, and the
-        // wrappers around it (span, panic guard, hyper's dispatcher) would
-        // otherwise copy it on every request.
-        Box::pin(self.current().call(request, client))
+        // Boxed by the generation: the wrappers around it (span, panic
+        // guard, hyper's dispatcher) then move a pointer.
+        self.current().call(request, client)
     }
     fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.current().config.tls.clone()
@@ -504,12 +503,11 @@ fn connection_service<C: Connections>(
                 request.extensions_mut().insert(lease.clone());
             }
             let app = app.clone();
-            Box::pin(async move {
-                let request = request.map(Body::new);
-                let handler = |request| catch_panic(async move { app.call(request, client).await });
-                let response = telemetry::traced(request, handler).await;
-                Ok(response)
-            })
+            // The request is handled lazily, inside its span and panic guard.
+            let handler =
+                move |request| catch_panic(async move { app.call(request, client).await });
+            let answering = telemetry::traced(request.map(Body::new), handler);
+            Box::pin(answering.map(Ok))
         },
     )
 }

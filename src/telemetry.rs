@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{HeaderName, HeaderValue};
 use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::fmt::MakeWriter;
@@ -187,7 +189,10 @@ fn id(prefix: &[u8; 16], n: u64) -> HeaderValue {
 /// or sets a new one, sends it upstream, returns it to the client, and runs
 /// `handler` inside the request's log span (and, with trace export on,
 /// inside its SERVER span).
-pub async fn traced<F, Fut>(mut request: Request, handler: F) -> Response
+///
+/// The work before `handler` runs here; the future returned holds only what
+/// is needed after it.
+pub fn traced<F, Fut>(mut request: Request, handler: F) -> impl Future<Output = Response>
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
@@ -208,22 +213,25 @@ where
     );
     let started = std::time::Instant::now();
     let handling = tracing::Instrument::instrument(handler(request), span.clone());
-    let mut response = match &exported {
-        Some(server) => server.instrument(handling).await,
-        None => handling.await,
+    let handling = match &exported {
+        Some(server) => Either::Left(server.instrument(handling)),
+        None => Either::Right(handling),
     };
-    if let Some(server) = &exported {
-        server.finish(response.status());
-    }
-    response.headers_mut().insert(REQUEST_ID_HEADER, id);
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            latency_ms = millis(started.elapsed()),
-            "request finished"
-        );
-    });
-    response
+    // Combinators, not an async block: that would keep `handling` twice.
+    handling.map(move |mut response| {
+        if let Some(server) = &exported {
+            server.finish(response.status());
+        }
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+        span.in_scope(|| {
+            tracing::info!(
+                status = response.status().as_u16(),
+                latency_ms = millis(started.elapsed()),
+                "request finished"
+            );
+        });
+        response
+    })
 }
 
 /// Milliseconds rounded to the microsecond (`0.379`, not `0.37925200000000003`).

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
@@ -138,8 +139,8 @@ pub struct BaseUrl {
 }
 
 /// An upstream exchange under way, until the response head.
-pub type Sending<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>>;
+pub type Sending =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
 /// The clients to one configured upstream.
 pub struct Upstream {
@@ -248,70 +249,22 @@ impl Upstream {
     /// Sends a prepared request and waits for the response head. Only
     /// upgrade requests keep an `Upgrade` header (see [`prepare_headers`]).
     ///
-    /// Boxed: the exchange's state is a few KiB, and every caller up to the
-    /// connection would otherwise hold (and move) room for it.
-    pub fn send(&self, request: Request<Body>) -> Sending<'_> {
+    /// Boxed, and owning what it uses: the exchange's state is a few
+    /// hundred bytes, and every caller up to the connection would otherwise
+    /// hold (and move) room for it.
+    pub fn send(&self, request: Request<Body>) -> Sending {
         let upgrade = request.headers().contains_key(header::UPGRADE);
+        let timeout = self.response_timeout;
         match &self.http1 {
-            Some(pool) if !upgrade => Box::pin(self.send_http1(request, pool)),
-            _ => Box::pin(self.send_pooled(request, upgrade)),
-        }
-    }
-
-    /// Over guestgate's own HTTP/1 pool, the URI in origin form.
-    async fn send_http1(
-        &self,
-        mut request: Request<Body>,
-        pool: &Http1Pool,
-    ) -> Result<Response<Body>, ProxyError> {
-        if let Some(target) = request.uri().path_and_query().cloned() {
-            *request.uri_mut() = Uri::from(target);
-        }
-        let sent = tokio::time::timeout(self.response_timeout, pool.send(request)).await;
-        self.settle(sent)
-    }
-
-    /// Over hyper-util's pooled client: `https` (HTTP/2 by ALPN) and upgrades.
-    async fn send_pooled(
-        &self,
-        request: Request<Body>,
-        upgrade: bool,
-    ) -> Result<Response<Body>, ProxyError> {
-        let client = if upgrade {
-            &self.upgrades
-        } else {
-            &self.client
-        };
-        let pending = async {
-            match client.request(request).await {
-                Ok(response) => Ok(response.map(Body::new)),
-                Err(e) if e.is_connect() => Err(SendError::Connect(e.to_string())),
-                Err(e) => Err(SendError::Request(e.into())),
+            Some(pool) if !upgrade => Box::pin(send_http1(request, pool, timeout)),
+            _ => {
+                let client = if upgrade {
+                    self.upgrades.clone()
+                } else {
+                    self.client.clone()
+                };
+                Box::pin(send_pooled(request, client, timeout))
             }
-        };
-        let sent = tokio::time::timeout(self.response_timeout, pending).await;
-        self.settle(sent)
-    }
-
-    /// The proxy's answer to one exchange, whichever client carried it:
-    /// past the response timeout, no connection, or a failed exchange.
-    fn settle(
-        &self,
-        sent: Result<Result<Response<Body>, SendError>, tokio::time::error::Elapsed>,
-    ) -> Result<Response<Body>, ProxyError> {
-        match sent {
-            Err(_) => Err(ProxyError::UpstreamTimeout(
-                self.response_timeout.as_millis() as u64,
-            )),
-            Ok(Err(SendError::Connect(e))) => {
-                tracing::warn!(error = %e, "upstream connect failed");
-                Err(ProxyError::UpstreamUnreachable)
-            }
-            Ok(Err(SendError::Request(e))) => {
-                tracing::warn!(error = %e, "upstream request failed");
-                Err(ProxyError::UpstreamFailed)
-            }
-            Ok(Ok(response)) => Ok(response),
         }
     }
 
@@ -361,6 +314,54 @@ impl Upstream {
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
+    }
+}
+
+/// Over guestgate's own HTTP/1 pool, the URI in origin form.
+fn send_http1(
+    mut request: Request<Body>,
+    pool: &Http1Pool,
+    timeout: Duration,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static {
+    if let Some(target) = request.uri().path_and_query().cloned() {
+        *request.uri_mut() = Uri::from(target);
+    }
+    tokio::time::timeout(timeout, pool.send(request)).map(move |sent| settle(timeout, sent))
+}
+
+/// Over hyper-util's pooled client: `https` (HTTP/2 by ALPN) and upgrades.
+async fn send_pooled(
+    request: Request<Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    timeout: Duration,
+) -> Result<Response<Body>, ProxyError> {
+    let pending = async {
+        match client.request(request).await {
+            Ok(response) => Ok(response.map(Body::new)),
+            Err(e) if e.is_connect() => Err(SendError::Connect(e.to_string())),
+            Err(e) => Err(SendError::Request(e.into())),
+        }
+    };
+    settle(timeout, tokio::time::timeout(timeout, pending).await)
+}
+
+/// The proxy's answer to one exchange, whichever client carried it:
+/// past the response timeout, no connection, or a failed exchange.
+fn settle(
+    timeout: Duration,
+    sent: Result<Result<Response<Body>, SendError>, tokio::time::error::Elapsed>,
+) -> Result<Response<Body>, ProxyError> {
+    match sent {
+        Err(_) => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
+        Ok(Err(SendError::Connect(e))) => {
+            tracing::warn!(error = %e, "upstream connect failed");
+            Err(ProxyError::UpstreamUnreachable)
+        }
+        Ok(Err(SendError::Request(e))) => {
+            tracing::warn!(error = %e, "upstream request failed");
+            Err(ProxyError::UpstreamFailed)
+        }
+        Ok(Ok(response)) => Ok(response),
     }
 }
 

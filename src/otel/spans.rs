@@ -10,6 +10,7 @@ use std::future::Future;
 
 use axum::body::Body;
 use axum::extract::Request;
+use futures_util::future::Either;
 use http::header::{HeaderMap, HeaderName};
 use http::{Method, Response, StatusCode, Uri, Version};
 use opentelemetry::propagation::TextMapPropagator;
@@ -174,13 +175,16 @@ impl ClientSpan {
 }
 
 /// Awaits an upstream call, inside `span` when there is one.
-pub async fn send<F>(span: Option<ClientSpan>, send: F) -> Result<Response<Body>, ProxyError>
+pub fn send<F>(
+    span: Option<ClientSpan>,
+    send: F,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>>
 where
     F: Future<Output = Result<Response<Body>, ProxyError>>,
 {
     match span {
-        Some(span) => span.send(send).await,
-        None => send.await,
+        Some(span) => Either::Left(span.send(send)),
+        None => Either::Right(send),
     }
 }
 
