@@ -2,12 +2,15 @@
 //! time limits), edit it, and forward the edited object. The body is never
 //! forwarded in any other form.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{self, Either};
 use http::header::{self, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower::{Layer, ServiceExt};
@@ -44,37 +47,44 @@ fn content_encoding(headers: &HeaderMap) -> Result<Option<&'static str>, ProxyEr
     }
 }
 
+/// An intercepted request's answer under way.
+pub type Intercepting = Pin<Box<dyn Future<Output = Result<Response, ProxyError>> + Send>>;
+
 /// Reads, decodes and edits the whole body, then forwards the edited object.
-pub async fn intercept(
+///
+/// Boxed, one box per path, each holding only its own state: the usual
+/// request's is small, while a decoder's is several KiB. The work between
+/// the body and the upstream is a plain function ([`edit`]).
+pub fn intercept(
     generation: Arc<Generation>,
     index: RuleIndex,
     rule: Arc<Rule>,
     mut request: Request,
     client: ClientInfo,
     route_path: String,
-) -> Result<Response, ProxyError> {
-    let encoding = content_encoding(request.headers())?;
+) -> Intercepting {
+    let encoding = match content_encoding(request.headers()) {
+        Ok(encoding) => encoding,
+        Err(error) => return Box::pin(future::ready(Err(error))),
+    };
     let headers = request.headers_mut();
     headers.remove(header::CONTENT_ENCODING);
     if let Some(encoding) = encoding {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        return Box::pin(intercept_encoded(
+            generation, index, rule, request, client, route_path,
+        ));
     }
     let (parts, body) = request.into_parts();
-    match encoding {
-        None => {
-            let body = read_limited(&generation, body, false).await?;
-            forward_edited(&generation, index, &rule, parts, client, body, &route_path).await
+    let reading = read_limited(&generation, body, false);
+    Box::pin(reading.then(move |read| {
+        match read
+            .and_then(|body| edit(&generation, index, &rule, parts, client, body, &route_path))
+        {
+            Ok(edited) => Either::Left(send_edited(generation, rule, edited)),
+            Err(error) => Either::Right(future::ready(Err(error))),
         }
-        // Rare, and its decoder's state is large: boxed, so the usual
-        // request's state stays small.
-        Some(_) => {
-            let request = Request::from_parts(parts, body);
-            Box::pin(intercept_encoded(
-                generation, index, rule, request, client, route_path,
-            ))
-            .await
-        }
-    }
+    }))
 }
 
 /// Decodes a gzip, deflate or br body (tower-http), then edits and forwards it.
@@ -97,7 +107,8 @@ async fn intercept_encoded(
         async move {
             let (parts, body) = http::Request::into_parts(request);
             let bytes = read_limited(&generation, body, true).await?;
-            forward_edited(&generation, index, &rule, parts, client, bytes, &route_path).await
+            let edited = edit(&generation, index, &rule, parts, client, bytes, &route_path)?;
+            send_edited(generation, rule, edited).await
         }
     });
     let service = RequestDecompressionLayer::new().layer(decoded);
@@ -106,19 +117,19 @@ async fn intercept_encoded(
 }
 
 /// Collects a body up to `server.max_body_bytes` within `server.body_read_timeout_ms`.
-async fn read_limited<B>(
+fn read_limited<B>(
     generation: &Generation,
     body: B,
     encoded: bool,
-) -> Result<Bytes, ProxyError>
+) -> impl Future<Output = Result<Bytes, ProxyError>> + Send + 'static
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = generation.config.limits.max_body_bytes;
     let timeout = generation.config.limits.body_read_timeout;
     let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(timeout, collect).await {
+    tokio::time::timeout(timeout, collect).map(move |read| match read {
         Err(_) => Err(ProxyError::BodyTimeout(timeout.as_millis() as u64)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if is_length_limit(error.as_ref()) => {
@@ -126,7 +137,7 @@ where
         }
         Ok(Err(error)) if encoded => Err(ProxyError::Undecodable(error.to_string())),
         Ok(Err(_)) => Err(ProxyError::BodyRead),
-    }
+    })
 }
 
 fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
@@ -145,7 +156,15 @@ fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-async fn forward_edited(
+/// An edited request, ready for its upstream.
+struct Edited {
+    outgoing: Request<Bytes>,
+    traced: Option<otel::ClientSpan>,
+}
+
+/// Applies the rule to a read body (or, `report_only`, only records what
+/// it would do) and makes the request ready for the rule's upstream.
+fn edit(
     generation: &Generation,
     index: RuleIndex,
     rule: &Rule,
@@ -153,7 +172,7 @@ async fn forward_edited(
     client: ClientInfo,
     body: Bytes,
     route_path: &str,
-) -> Result<Response, ProxyError> {
+) -> Result<Edited, ProxyError> {
     let edits = rule.edits_for(&parts.headers);
     let (body, content_type) = if rule.body == BodyKind::Empty {
         if !body.is_empty() {
@@ -204,15 +223,34 @@ async fn forward_edited(
     *outgoing.method_mut() = method;
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
-    let sending = upstream.send_with_retry(
-        &rule.retry,
-        outgoing,
-        &generation.metrics,
-        RouteKind::Intercepted,
-    );
-    let mut response = otel::send(traced, sending).await?;
-    headers::prepare_response(&mut response);
-    Ok(response)
+    Ok(Edited { outgoing, traced })
+}
+
+/// Sends an edited request (with the rule's retries) and relays the answer.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of its arguments"
+)]
+fn send_edited(
+    generation: Arc<Generation>,
+    rule: Arc<Rule>,
+    edited: Edited,
+) -> impl Future<Output = Result<Response, ProxyError>> + Send + 'static {
+    async move {
+        let upstream = &generation.upstreams[rule.upstream];
+        let mut response = otel::send(
+            edited.traced,
+            upstream.send_with_retry(
+                &rule.retry,
+                edited.outgoing,
+                &generation.metrics,
+                RouteKind::Intercepted,
+            ),
+        )
+        .await?;
+        headers::prepare_response(&mut response);
+        Ok(response)
+    }
 }
 
 /// The method in capitals: a rule matches `post` as POST (not every server

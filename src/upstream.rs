@@ -271,50 +271,60 @@ impl Upstream {
     /// Sends an intercepted route's edited request, retrying per its `retry`
     /// settings. The body is complete in memory, so every attempt sends the
     /// same bytes; each attempt's latency goes to `metrics` under `route`.
-    pub async fn send_with_retry(
-        &self,
-        retry: &RetrySettings,
+    pub fn send_with_retry<'a>(
+        &'a self,
+        retry: &'a RetrySettings,
         request: Request<Bytes>,
-        metrics: &Metrics,
+        metrics: &'a Metrics,
         route: RouteKind,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
         let (mut parts, body) = request.into_parts();
-        let mut attempt = 1;
-        loop {
-            let last = attempt >= retry.attempts;
-            let mut outgoing = Request::new(Body::from(body.clone()));
-            *outgoing.method_mut() = parts.method.clone();
-            *outgoing.uri_mut() = parts.uri.clone();
-            // The last attempt takes the headers; earlier ones send copies.
-            *outgoing.headers_mut() = if last {
-                std::mem::take(&mut parts.headers)
-            } else {
-                parts.headers.clone()
-            };
-            let started = Instant::now();
-            let result = self.send(outgoing).await;
-            metrics.upstream_latency(route, started.elapsed());
-            let retryable = match &result {
-                Ok(response) => retry.statuses.contains(&response.status().as_u16()),
-                Err(ProxyError::UpstreamUnreachable) => true,
-                Err(_) => false,
-            };
-            if !retryable || last {
-                return result;
+        // Parts and body are used in place: an `async fn` would keep a
+        // second copy of the request.
+        async move {
+            let mut attempt = 1;
+            loop {
+                let last = attempt >= retry.attempts;
+                let started = Instant::now();
+                let sending = self.send(attempt_request(&mut parts, &body, last));
+                let result = sending.await;
+                metrics.upstream_latency(route, started.elapsed());
+                let retryable = match &result {
+                    Ok(response) => retry.statuses.contains(&response.status().as_u16()),
+                    Err(ProxyError::UpstreamUnreachable) => true,
+                    Err(_) => false,
+                };
+                if !retryable || last {
+                    return result;
+                }
+                let delay = backoff(retry.backoff_ms, retry.max_backoff_ms, attempt);
+                tracing::info!(
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    status = result.as_ref().ok().map(|r| r.status().as_u16()),
+                    "retrying guest message"
+                );
+                metrics.retry();
+                drop(result);
+                tokio::time::sleep(delay).await;
+                attempt += 1;
             }
-            let delay = backoff(retry.backoff_ms, retry.max_backoff_ms, attempt);
-            tracing::info!(
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                status = result.as_ref().ok().map(|r| r.status().as_u16()),
-                "retrying guest message"
-            );
-            metrics.retry();
-            drop(result);
-            tokio::time::sleep(delay).await;
-            attempt += 1;
         }
     }
+}
+
+/// One attempt's request: the same bytes each time; the last attempt takes
+/// the headers, earlier ones send copies.
+fn attempt_request(parts: &mut http::request::Parts, body: &Bytes, last: bool) -> Request<Body> {
+    let mut outgoing = Request::new(Body::from(body.clone()));
+    *outgoing.method_mut() = parts.method.clone();
+    *outgoing.uri_mut() = parts.uri.clone();
+    *outgoing.headers_mut() = if last {
+        std::mem::take(&mut parts.headers)
+    } else {
+        parts.headers.clone()
+    };
+    outgoing
 }
 
 /// Over guestgate's own HTTP/1 pool, the URI in origin form.

@@ -10,6 +10,7 @@ use std::future::Future;
 
 use axum::body::Body;
 use axum::extract::Request;
+use futures_util::FutureExt;
 use futures_util::future::Either;
 use http::header::{HeaderMap, HeaderName};
 use http::{Method, Response, StatusCode, Uri, Version};
@@ -146,31 +147,32 @@ impl ClientSpan {
     /// Awaits `send` inside the span and records its outcome: the status
     /// (4xx and 5xx mark the span as failed, as the conventions have it for
     /// clients) or the failure.
-    async fn send<F>(self, send: F) -> Result<Response<Body>, ProxyError>
+    fn send<F>(self, send: F) -> impl Future<Output = Result<Response<Body>, ProxyError>>
     where
         F: Future<Output = Result<Response<Body>, ProxyError>>,
     {
-        let result = send.instrument(self.0.clone()).await;
-        let span = &self.0;
-        match &result {
-            Ok(response) => {
-                let status = response.status();
-                span.record("http.response.status_code", i64::from(status.as_u16()));
-                span.record(
-                    "network.protocol.version",
-                    protocol_version(response.version()),
-                );
-                if status.is_client_error() || status.is_server_error() {
+        send.instrument(self.0.clone()).map(move |result| {
+            let span = &self.0;
+            match &result {
+                Ok(response) => {
+                    let status = response.status();
+                    span.record("http.response.status_code", i64::from(status.as_u16()));
+                    span.record(
+                        "network.protocol.version",
+                        protocol_version(response.version()),
+                    );
+                    if status.is_client_error() || status.is_server_error() {
+                        span.record("otel.status_code", "ERROR");
+                        span.record("error.type", status.as_str());
+                    }
+                }
+                Err(error) => {
                     span.record("otel.status_code", "ERROR");
-                    span.record("error.type", status.as_str());
+                    span.record("error.type", error.reason());
                 }
             }
-            Err(error) => {
-                span.record("otel.status_code", "ERROR");
-                span.record("error.type", error.reason());
-            }
-        }
-        result
+            result
+        })
     }
 }
 
