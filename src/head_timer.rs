@@ -43,19 +43,34 @@ impl HeadTimer {
     /// is due; never resolves. `limit` is the header read timeout: no
     /// deadline hyper sets is further away, so between two of hyper's sleeps
     /// the timer runs at most once a `limit`.
+    ///
+    /// The task is woken several times a request; the timer is polled only
+    /// to register it and once it has fired (polling it at every wake-up
+    /// re-registered its waker each time).
     pub async fn watch(&self, limit: Duration) {
         let sleep = tokio::time::sleep(limit);
         tokio::pin!(sleep);
-        loop {
-            sleep.as_mut().await;
-            let now = Instant::now();
-            let latest = self.shared.origin
-                + Duration::from_nanos(self.shared.latest.load(Ordering::Relaxed));
-            // Due (this wake-up lets hyper see it) or no sleep pending (a
-            // request is in flight): look again a `limit` later.
-            let next = if latest > now { latest } else { now + limit };
-            sleep.as_mut().reset(next.into());
-        }
+        let mut registered = false;
+        std::future::poll_fn(|cx| {
+            loop {
+                if registered && !sleep.is_elapsed() {
+                    return Poll::Pending;
+                }
+                if sleep.as_mut().poll(cx).is_pending() {
+                    registered = true;
+                    return Poll::Pending;
+                }
+                let now = Instant::now();
+                let latest = self.shared.origin
+                    + Duration::from_nanos(self.shared.latest.load(Ordering::Relaxed));
+                // Due (this wake-up lets hyper see it) or no sleep pending (a
+                // request is in flight): look again a `limit` later.
+                let next = if latest > now { latest } else { now + limit };
+                sleep.as_mut().reset(next.into());
+                registered = false;
+            }
+        })
+        .await
     }
 }
 

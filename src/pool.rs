@@ -9,6 +9,7 @@
 //! remains for `https` upstreams (TLS, HTTP/2 over ALPN) and upgrades.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -56,9 +57,10 @@ struct Idle {
 }
 
 thread_local! {
-    /// This thread's idle connections, per pool. A pool that is gone (an
-    /// old configuration) is dropped with its connections on the next visit.
-    static IDLE: RefCell<Vec<(Weak<Shared>, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's idle connections, per pool, oldest first. A pool that
+    /// is gone (an old configuration) is dropped with its connections on a
+    /// later visit.
+    static IDLE: RefCell<Vec<(Weak<Shared>, VecDeque<Idle>)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Http1Pool {
@@ -133,12 +135,15 @@ impl Shared {
     /// The most recently idle connection still open, dropping expired ones.
     fn take_idle(self: &Arc<Self>) -> Option<SendRequest<Body>> {
         IDLE.with_borrow_mut(|pools| {
-            let idle = self.idle_list(pools)?;
-            let expired = Instant::now().checked_sub(self.idle_timeout);
-            if let Some(expired) = expired {
-                idle.retain(|c| c.since > expired);
+            let at = self.idle_list(pools)?;
+            let idle = &mut pools[at].1;
+            // Oldest first: the expired ones are at the front.
+            if let Some(expired) = Instant::now().checked_sub(self.idle_timeout) {
+                while idle.front().is_some_and(|c| c.since <= expired) {
+                    idle.pop_front();
+                }
             }
-            while let Some(connection) = idle.pop() {
+            while let Some(connection) = idle.pop_back() {
                 if !connection.sender.is_closed() {
                     return Some(connection.sender);
                 }
@@ -153,13 +158,13 @@ impl Shared {
             return;
         }
         IDLE.with_borrow_mut(|pools| {
-            if self.idle_list(pools).is_none() {
-                pools.push((Arc::downgrade(self), Vec::new()));
-            }
-            if let Some(idle) = self.idle_list(pools)
-                && idle.len() < self.max_idle
-            {
-                idle.push(Idle {
+            let at = self.idle_list(pools).unwrap_or_else(|| {
+                pools.push((Arc::downgrade(self), VecDeque::new()));
+                pools.len() - 1
+            });
+            let idle = &mut pools[at].1;
+            if idle.len() < self.max_idle {
+                idle.push_back(Idle {
                     sender,
                     since: Instant::now(),
                 });
@@ -167,17 +172,20 @@ impl Shared {
         });
     }
 
-    /// This pool's idle list on this thread; lists of dropped pools go.
-    fn idle_list<'a>(
+    /// Where this pool's idle list is among this thread's. Lists of dropped
+    /// pools (an old configuration's) go, with their connections, when the
+    /// thread has more than one.
+    fn idle_list(
         self: &Arc<Self>,
-        pools: &'a mut Vec<(Weak<Shared>, Vec<Idle>)>,
-    ) -> Option<&'a mut Vec<Idle>> {
-        pools.retain(|(pool, _)| pool.strong_count() > 0);
+        pools: &mut Vec<(Weak<Shared>, VecDeque<Idle>)>,
+    ) -> Option<usize> {
+        if pools.len() > 1 {
+            pools.retain(|(pool, _)| pool.strong_count() > 0);
+        }
         let me = Arc::as_ptr(self);
         pools
-            .iter_mut()
-            .find(|(pool, _)| std::ptr::eq(pool.as_ptr(), me))
-            .map(|(_, idle)| idle)
+            .iter()
+            .position(|(pool, _)| std::ptr::eq(pool.as_ptr(), me))
     }
 
     /// Opens a connection; its task runs until the upstream or the pool

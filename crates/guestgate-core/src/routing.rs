@@ -98,22 +98,17 @@ impl CanonicalPath {
         }
         let mut segments: Vec<Segment> = Vec::with_capacity(8);
         let mut start = 1;
-        for end in 1..=bytes.len() {
-            if end < bytes.len() && bytes[end] != b'/' {
-                if !PLAIN[usize::from(bytes[end])] {
-                    return None;
+        for (end, &byte) in bytes.iter().enumerate().skip(1) {
+            match PATH_BYTE[usize::from(byte)] {
+                PathByte::Plain => {}
+                PathByte::Slash => {
+                    segments.push(plain_segment(bytes, start, end)?);
+                    start = end + 1;
                 }
-                continue;
+                PathByte::Other => return None,
             }
-            if matches!(&bytes[start..end], b"" | b"." | b"..") {
-                return None;
-            }
-            segments.push(Segment {
-                start,
-                bare_end: end,
-            });
-            start = end + 1;
         }
+        segments.push(plain_segment(bytes, start, bytes.len())?);
         Some(Self {
             text: raw.to_owned(),
             segments,
@@ -174,6 +169,42 @@ impl CanonicalPath {
         &self.text[segment.start..segment.bare_end]
     }
 }
+
+/// A segment of a plain path, unless it is empty or a dot segment.
+fn plain_segment(bytes: &[u8], start: usize, end: usize) -> Option<Segment> {
+    match &bytes[start..end] {
+        b"" | b"." | b".." => None,
+        _ => Some(Segment {
+            start,
+            bare_end: end,
+        }),
+    }
+}
+
+/// What a byte is to [`CanonicalPath::parse_plain`].
+#[derive(Clone, Copy)]
+enum PathByte {
+    /// Its own canonical form, not `;` ([`PLAIN`]).
+    Plain,
+    /// `/`.
+    Slash,
+    /// Anything else: the path takes the full reading.
+    Other,
+}
+
+/// One lookup per byte of a plain path.
+static PATH_BYTE: [PathByte; 256] = {
+    let mut table = [PathByte::Other; 256];
+    let mut b = 0;
+    while b < 256 {
+        if PLAIN[b] {
+            table[b] = PathByte::Plain;
+        }
+        b += 1;
+    }
+    table[b'/' as usize] = PathByte::Slash;
+    table
+};
 
 /// RFC 3986 unreserved characters: decoding them never changes meaning.
 const fn is_unreserved(b: u8) -> bool {
