@@ -15,6 +15,12 @@ MANY - FEW is the instructions per request, without start-up, connection
 set-up and shutdown. ROUNDS (default 2) repeats it all, interleaved, and
 the report gives each build's median and its ratio to the first.
 
+FLOOR (default target/bench/release/floor, which bench/run.sh builds; FLOOR=
+to skip) adds the floor of bench/floor (`direct`: hyper with one upstream
+connection per client, no features) on the pass-through route, counted the same
+way: the instructions a hyper proxy spends with nothing on top, so the report
+shows what guestgate adds.
+
 What this does not see: the kernel (most of a request's CPU on loopback,
 bench/NOTES.md), cache misses and waiting. A change that saves instructions but
 adds system calls or wake-ups shows here as a win, so bench/ab.py's wall-clock
@@ -54,19 +60,39 @@ def send(path, requests, conns):
         raise SystemExit(f"{path}: answers {codes}, expected {requests} x 200")
 
 
+FLOOR = os.environ.get("FLOOR", os.path.join(rules.BENCH, "..", "target", "bench", "release", "floor"))
+FLOOR_NAME = "floor"
+
+
+def start_floor(work, prefix):
+    """The floor (direct mode) on the proxy port, pinned to core 1, through `prefix`."""
+    proc = subprocess.Popen(
+        ["taskset", "-c", "1", *prefix, FLOOR, f"127.0.0.1:{rules.PROXY}",
+         f"127.0.0.1:{rules.UPSTREAM}", "direct"],
+        stdout=subprocess.DEVNULL,
+    )
+    rules.wait_port(rules.PROXY)
+    return proc
+
+
 def instructions(binary, work, path, requests, conns):
-    """Ir of one guestgate process that served the check request and `requests` more."""
+    """Ir of one proxy process (guestgate, or the floor when `binary` is None) that
+    served the check request and `requests` more."""
     out = os.path.join(work, "cachegrind.out")
     valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--branch-sim=no",
                 f"--cachegrind-out-file={out}", f"--log-file={work}/valgrind.log"]
-    proc = rules.start_guestgate(binary, rules.SHORTHAND, work, 1, "1", prefix=valgrind)
+    if binary is None:
+        proc = start_floor(work, valgrind)
+    else:
+        proc = rules.start_guestgate(binary, rules.SHORTHAND, work, 1, "1", prefix=valgrind)
     try:
         rules.check_forward(path)
         send(path, requests, conns)
     finally:
         proc.terminate()
         proc.wait()
-    if proc.returncode != 0:
+    # The floor has no signal handling: SIGTERM ends it, as it should.
+    if proc.returncode != 0 and binary is not None:
         raise SystemExit(f"{binary} exited with {proc.returncode} under valgrind")
     with open(out) as f:
         summary = re.search(r"^summary: (\d+)", f.read(), re.M)
@@ -81,8 +107,16 @@ def main():
     work = tempfile.mkdtemp(prefix="guestgate-instructions-")
     nginx = rules.start_upstream(work)
     seen = {}
+    cases = list(rules.interleaved(ROUNDS, CONNS, builds))
+    floor = bool(FLOOR) and os.path.exists(FLOOR)
+    if floor:
+        # After each round's last pass-through case: the floor forwards, never edits.
+        pass_through = rules.ROUTES[1]
+        last = {(r, c): i for i, (r, c, route, *_) in enumerate(cases) if route == pass_through[0]}
+        for (round_, conns), i in sorted(last.items(), key=lambda kv: -kv[1]):
+            cases.insert(i + 1, (round_, conns, *pass_through, FLOOR_NAME, None))
     try:
-        for round_, conns, route, path, name, binary in rules.interleaved(ROUNDS, CONNS, builds):
+        for round_, conns, route, path, name, binary in cases:
             few = instructions(binary, work, path, FEW, conns)
             many = instructions(binary, work, path, MANY, conns)
             per = (many - few) / (MANY - FEW)
@@ -104,7 +138,10 @@ def main():
     for conns in CONNS:
         for route, _ in rules.ROUTES:
             base = statistics.median(seen[(conns, route, first)])
-            for name, _ in builds:
+            names = [name for name, _ in builds]
+            if floor and (conns, route, FLOOR_NAME) in seen:
+                names.append(FLOOR_NAME)
+            for name in names:
                 runs = seen[(conns, route, name)]
                 med = statistics.median(runs)
                 lines.append(f"| {conns} | {route} | {name} | {med:.0f} | "
