@@ -7,15 +7,20 @@ use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::deadline::Deadlines;
 use crate::shutdown::{Phase, Shutdown};
 
-/// Who the client was and how it reached us, for the X-Forwarded-* headers.
-#[derive(Debug, Clone, Copy)]
+/// Who the client was and how it reached us (for the X-Forwarded-*
+/// headers), and the connection's timer for the request's deadlines.
+#[derive(Clone)]
 pub struct ClientInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
     /// Whether the client connection used TLS.
     pub tls: bool,
+    /// An HTTP/1 connection's deadlines, which the request's timeouts run
+    /// on; `None` where the request runs in a task of its own (HTTP/2).
+    pub deadlines: Option<Deadlines>,
 }
 
 /// What a tunnel keeps of the client connection it takes over: the

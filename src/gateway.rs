@@ -78,10 +78,11 @@ impl Generation {
             let proxy = Router::new().fallback(move |request: Request| {
                 let this = this.clone();
                 async move {
-                    let client = request.extensions().get::<ClientInfo>().copied();
+                    let client = request.extensions().get::<ClientInfo>().cloned();
                     let client = client.unwrap_or(ClientInfo {
                         peer: ([0, 0, 0, 0], 0).into(),
                         tls: false,
+                        deadlines: None,
                     });
                     match this.upgrade() {
                         Some(generation) => proxy::handle(generation, request, client).await,

@@ -136,7 +136,7 @@ fn only_keep_alive(headers: &HeaderMap) -> bool {
 /// X-Forwarded-For/-Proto/-Host added. Upgrade requests keep their Upgrade header.
 pub fn prepare_headers(
     headers: &mut HeaderMap,
-    client: ClientInfo,
+    client: &ClientInfo,
     host: Option<HeaderValue>,
     upgrade: bool,
 ) {
@@ -299,6 +299,7 @@ mod tests {
         ClientInfo {
             peer: "10.1.2.3:5555".parse().unwrap(),
             tls: false,
+            deadlines: None,
         }
     }
 
@@ -318,7 +319,7 @@ mod tests {
         h.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
         prepare_headers(
             &mut h,
-            client(),
+            &client(),
             Some("proxy.example".parse().unwrap()),
             false,
         );
@@ -347,8 +348,9 @@ mod tests {
         let v6 = ClientInfo {
             peer: "[2001:db8::1]:443".parse().unwrap(),
             tls: true,
+            deadlines: None,
         };
-        prepare_headers(&mut h, v6, None, false);
+        prepare_headers(&mut h, &v6, None, false);
         assert_eq!(
             h["x-forwarded-for"],
             "1.1.1.1, 2.2.2.2, 3.3.3.3, 2001:db8::1"
@@ -362,19 +364,19 @@ mod tests {
         // swallow this hop's element), replaced.
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
-        prepare_headers(&mut h, client(), None, false);
+        prepare_headers(&mut h, &client(), None, false);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert!(!h.contains_key(header::FORWARDED));
         for bad in [&b"for=\xff"[..], b"for=6.6.6.6, x=\"", b"x=\"a\\\""] {
             h.insert(header::FORWARDED, HeaderValue::from_bytes(bad).unwrap());
-            prepare_headers(&mut h, client(), None, false);
+            prepare_headers(&mut h, &client(), None, false);
             assert_eq!(h[header::FORWARDED], "for=10.1.2.3;proto=http");
         }
         h.insert(
             header::FORWARDED,
             r#"for="[::1]";x="a\"b,c""#.parse().unwrap(),
         );
-        prepare_headers(&mut h, client(), None, false);
+        prepare_headers(&mut h, &client(), None, false);
         assert_eq!(
             h[header::FORWARDED],
             r#"for="[::1]";x="a\"b,c", for=10.1.2.3;proto=http"#

@@ -17,6 +17,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::connection::ClientInfo;
+use crate::deadline::{self, Deadlines};
 use crate::edit::{Edits, Op};
 use crate::error::ProxyError;
 use crate::gateway::Generation;
@@ -76,12 +77,12 @@ pub fn intercept(
         ));
     }
     let (parts, body) = request.into_parts();
-    let reading = read_limited(&generation, body, false);
+    let reading = read_limited(&generation, body, false, client.deadlines.as_ref());
     Box::pin(reading.then(move |read| {
         match read
-            .and_then(|body| edit(&generation, index, &rule, parts, client, body, &route_path))
+            .and_then(|body| edit(&generation, index, &rule, parts, &client, body, &route_path))
         {
-            Ok(edited) => Either::Left(send_edited(generation, rule, edited)),
+            Ok(edited) => Either::Left(send_edited(generation, rule, edited, client.deadlines)),
             Err(error) => Either::Right(future::ready(Err(error))),
         }
     }))
@@ -104,11 +105,21 @@ async fn intercept_encoded(
         let generation = generation.clone();
         let rule = rule.clone();
         let route_path = route_path.clone();
+        let client = client.clone();
         async move {
             let (parts, body) = http::Request::into_parts(request);
-            let bytes = read_limited(&generation, body, true).await?;
-            let edited = edit(&generation, index, &rule, parts, client, bytes, &route_path)?;
-            send_edited(generation, rule, edited).await
+            let deadlines = client.deadlines.as_ref();
+            let bytes = read_limited(&generation, body, true, deadlines).await?;
+            let edited = edit(
+                &generation,
+                index,
+                &rule,
+                parts,
+                &client,
+                bytes,
+                &route_path,
+            )?;
+            send_edited(generation, rule, edited, client.deadlines).await
         }
     });
     let service = RequestDecompressionLayer::new().layer(decoded);
@@ -121,7 +132,8 @@ fn read_limited<B>(
     generation: &Generation,
     body: B,
     encoded: bool,
-) -> impl Future<Output = Result<Bytes, ProxyError>> + Send + 'static
+    deadlines: Option<&Deadlines>,
+) -> impl Future<Output = Result<Bytes, ProxyError>> + Send + use<B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -129,7 +141,7 @@ where
     let limit = generation.config.limits.max_body_bytes;
     let timeout = generation.config.limits.body_read_timeout;
     let collect = Limited::new(body, limit).collect();
-    tokio::time::timeout(timeout, collect).map(move |read| match read {
+    deadline::timeout(deadlines, timeout, collect).map(move |read| match read {
         Err(_) => Err(ProxyError::BodyTimeout(timeout.as_millis() as u64)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if is_length_limit(error.as_ref()) => {
@@ -169,7 +181,7 @@ fn edit(
     index: RuleIndex,
     rule: &Rule,
     parts: http::request::Parts,
-    client: ClientInfo,
+    client: &ClientInfo,
     body: Bytes,
     route_path: &str,
 ) -> Result<Edited, ProxyError> {
@@ -235,6 +247,7 @@ fn send_edited(
     generation: Arc<Generation>,
     rule: Arc<Rule>,
     edited: Edited,
+    deadlines: Option<Deadlines>,
 ) -> impl Future<Output = Result<Response, ProxyError>> + Send + 'static {
     async move {
         let upstream = &generation.upstreams[rule.upstream];
@@ -245,6 +258,7 @@ fn send_edited(
                 edited.outgoing,
                 &generation.metrics,
                 RouteKind::Intercepted,
+                deadlines.as_ref(),
             ),
         )
         .await?;

@@ -89,7 +89,7 @@ impl Http1Pool {
     pub fn send(
         &self,
         mut request: Request<Body>,
-    ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + use<> {
         request
             .headers_mut()
             .insert(http::header::HOST, self.shared.host.clone());

@@ -21,6 +21,7 @@ use http::{Method, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 
 use crate::connection::{ClientInfo, Lease};
+use crate::deadline::Deadlines;
 use crate::error::ProxyError;
 use crate::gateway::Generation;
 use crate::headers;
@@ -51,6 +52,7 @@ enum Route {
         index: RuleIndex,
         rule: Arc<Rule>,
         request: Request,
+        client: ClientInfo,
         route_path: String,
     },
     /// Any other request, ready for its upstream.
@@ -70,6 +72,7 @@ pub fn handle(
     let started = Instant::now();
     let method = request.method().clone();
     let exported = otel::ServerSpan::take(&mut request);
+    let tls = client.tls;
     let outcome = match route(&generation, request, client) {
         Route::Refused(error) => Either::Left(future::ready(Outcome {
             route: RouteKind::PassThrough,
@@ -80,6 +83,7 @@ pub fn handle(
             index,
             rule,
             request,
+            client,
             route_path,
         } => {
             let editing = intercept::intercept(
@@ -90,7 +94,7 @@ pub fn handle(
                 client,
                 route_path,
             );
-            Either::Right(Either::Left(Box::pin(editing).map(move |result| Outcome {
+            Either::Right(Either::Left(editing.map(move |result| Outcome {
                 route: RouteKind::Intercepted,
                 rule: Some((index, rule)),
                 result,
@@ -104,7 +108,7 @@ pub fn handle(
             }),
         )),
     };
-    outcome.map(move |outcome| answer(&generation, outcome, exported, client, &method, started))
+    outcome.map(move |outcome| answer(&generation, outcome, exported, tls, &method, started))
 }
 
 /// The response to a request's [`Outcome`], recorded in its span, its
@@ -113,12 +117,12 @@ fn answer(
     generation: &Generation,
     outcome: Outcome,
     exported: Option<otel::ServerSpan>,
-    client: ClientInfo,
+    tls: bool,
     method: &Method,
     started: Instant,
 ) -> Response {
     if let Some(server) = &exported {
-        server.record_route(outcome.rule.as_ref().map(|(_, rule)| &**rule), client.tls);
+        server.record_route(outcome.rule.as_ref().map(|(_, rule)| &**rule), tls);
     }
     let route = outcome.route.as_str();
     let rule = outcome.rule.as_ref().map(|(_, rule)| &rule.name);
@@ -166,6 +170,7 @@ fn route(generation: &Generation, request: Request, client: ClientInfo) -> Route
             index,
             rule: rule.clone(),
             request,
+            client,
             route_path,
         },
         None => Route::PassThrough(forward(generation, request, client, &path)),
@@ -218,6 +223,8 @@ struct Forward {
     upstream: usize,
     outgoing: http::Request<axum::body::Body>,
     traced: Option<otel::ClientSpan>,
+    /// The client connection's timer, for the response timeout.
+    deadlines: Option<Deadlines>,
     /// Set for an upgrade request (boxed: rare, and a few words).
     upgrading: Option<Box<Upgrading>>,
 }
@@ -265,7 +272,7 @@ fn forward(
     let uri = generation.upstreams[upstream].uri_for_target(path.as_path(), request.uri());
     let (parts, body) = request.into_parts();
     let mut headers = parts.headers;
-    headers::prepare_headers(&mut headers, client, host, upgrade);
+    headers::prepare_headers(&mut headers, &client, host, upgrade);
     if inspected.is_some() {
         // Compressed frames could not be inspected: no permessage-deflate.
         headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
@@ -279,6 +286,7 @@ fn forward(
         upstream,
         outgoing,
         traced,
+        deadlines: client.deadlines,
         upgrading: asked.map(|asked| {
             Box::new(Upgrading {
                 asked,
@@ -300,9 +308,10 @@ fn exchange(
         upstream,
         outgoing,
         traced,
+        deadlines,
         upgrading,
     } = forward;
-    let sending = generation.upstreams[upstream].send(outgoing);
+    let sending = generation.upstreams[upstream].send(outgoing, deadlines.as_ref());
     let started = Instant::now();
     otel::send(traced, sending).map(move |result| {
         let mut response = result?;

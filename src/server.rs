@@ -29,9 +29,9 @@ use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::connection::{ClientInfo, Lease};
+use crate::deadline::Deadlines;
 use crate::error::ProxyError;
 use crate::gateway::{ConfigSource, Gateway};
-use crate::head_timer::HeadTimer;
 use crate::metrics::OpenGuard;
 use crate::shutdown::{Phase, Shutdown};
 use crate::telemetry;
@@ -215,6 +215,7 @@ async fn serve_with_slots<C: Connections>(
                 client: ClientInfo {
                     peer,
                     tls: tls.is_some(),
+                    deadlines: None,
                 },
                 app,
                 protocols,
@@ -359,35 +360,41 @@ impl<C: Connections> Connection<C> {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let first_request = Arc::new(Notify::new());
-        let service = connection_service(
-            self.app,
-            self.client,
-            first_request.clone(),
-            self.lease.clone(),
-        );
+        // HTTP/1: the connection's deadlines (hyper's header read timeout and
+        // its requests' timeouts) on one timer. HTTP/2 requests run in tasks
+        // of their own and keep tokio's.
+        let deadlines = (!h2).then(Deadlines::new);
+        let client = ClientInfo {
+            deadlines: deadlines.clone(),
+            ..self.client
+        };
+        let service =
+            connection_service(self.app, client, first_request.clone(), self.lease.clone());
         let io = TokioIo::new(io);
         let mut ends = Ends {
             shutdown: self.shutdown,
             lease: self.lease,
             first_request,
             deadline: self.deadline,
-            head_timer: None,
+            deadlines: None,
         };
-        if h2 {
-            let connection = Box::pin(self.protocols.http2.serve_connection(io, service));
-            let graceful = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
-            ends.drive(connection, graceful).await;
-        } else {
-            let head_timer = HeadTimer::new();
-            let mut http1 = self.protocols.http1.clone();
-            http1
-                .timer(head_timer.clone())
-                .header_read_timeout(self.protocols.header_read_timeout);
-            ends.head_timer = Some((head_timer, self.protocols.header_read_timeout));
-            let connection = http1.serve_connection(io, service);
-            let connection = Box::pin(connection.with_upgrades());
-            let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-            ends.drive(connection, graceful).await;
+        match deadlines {
+            None => {
+                let connection = Box::pin(self.protocols.http2.serve_connection(io, service));
+                let graceful = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
+                ends.drive(connection, graceful).await;
+            }
+            Some(deadlines) => {
+                let mut http1 = self.protocols.http1.clone();
+                http1
+                    .timer(deadlines.clone())
+                    .header_read_timeout(self.protocols.header_read_timeout);
+                ends.deadlines = Some((deadlines, self.protocols.header_read_timeout));
+                let connection = http1.serve_connection(io, service);
+                let connection = Box::pin(connection.with_upgrades());
+                let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+                ends.drive(connection, graceful).await;
+            }
         }
     }
 }
@@ -401,8 +408,8 @@ struct Ends {
     lease: Lease,
     first_request: Arc<Notify>,
     deadline: tokio::time::Instant,
-    /// HTTP/1: the timer of hyper's header read timeout, and that timeout.
-    head_timer: Option<(HeadTimer, Duration)>,
+    /// HTTP/1: the connection's deadlines, and hyper's header read timeout.
+    deadlines: Option<(Deadlines, Duration)>,
 }
 
 impl Ends {
@@ -420,15 +427,15 @@ impl Ends {
             lease: _slot,
             first_request,
             deadline,
-            head_timer,
+            deadlines,
         } = self;
-        let head_timer = async {
-            match &head_timer {
-                Some((timer, limit)) => timer.watch(*limit).await,
+        let timer = async {
+            match &deadlines {
+                Some((deadlines, limit)) => deadlines.watch(*limit).await,
                 None => std::future::pending().await,
             }
         };
-        tokio::pin!(head_timer);
+        tokio::pin!(timer);
         let deadline = async {
             if tokio::time::timeout_at(deadline, first_request.notified())
                 .await
@@ -450,7 +457,7 @@ impl Ends {
                 biased;
                 result = connection.as_mut() => break result,
                 // Only wakes the task: hyper then finds its sleep due.
-                () = &mut head_timer => {}
+                () = &mut timer => {}
                 () = &mut deadline => {
                     tracing::debug!("no request within the header read timeout");
                     return;
@@ -503,6 +510,7 @@ fn connection_service<C: Connections>(
                 request.extensions_mut().insert(lease.clone());
             }
             let app = app.clone();
+            let client = client.clone();
             // The request is handled lazily, inside its span and panic guard.
             let handler =
                 move |request| catch_panic(async move { app.call(request, client).await });

@@ -145,9 +145,10 @@ mod tests {
         assert!(upgrade_request(&h, Version::HTTP_2, &allowed).is_none());
         prepare_headers(
             &mut h,
-            ClientInfo {
+            &ClientInfo {
                 peer: "10.1.2.3:5555".parse().unwrap(),
                 tls: false,
+                deadlines: None,
             },
             None,
             true,

@@ -16,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 
+use crate::deadline::{self, Deadlines, Elapsed};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::pool::{Http1Pool, SendError};
@@ -252,18 +253,20 @@ impl Upstream {
     /// Boxed, and owning what it uses: the exchange's state is a few
     /// hundred bytes, and every caller up to the connection would otherwise
     /// hold (and move) room for it.
-    pub fn send(&self, request: Request<Body>) -> Sending {
+    /// The response timeout runs on the client connection's `deadlines`
+    /// when it has them (HTTP/1).
+    pub fn send(&self, request: Request<Body>, deadlines: Option<&Deadlines>) -> Sending {
         let upgrade = request.headers().contains_key(header::UPGRADE);
         let timeout = self.response_timeout;
         match &self.http1 {
-            Some(pool) if !upgrade => Box::pin(send_http1(request, pool, timeout)),
+            Some(pool) if !upgrade => Box::pin(send_http1(request, pool, timeout, deadlines)),
             _ => {
                 let client = if upgrade {
                     self.upgrades.clone()
                 } else {
                     self.client.clone()
                 };
-                Box::pin(send_pooled(request, client, timeout))
+                Box::pin(send_pooled(request, client, timeout, deadlines.cloned()))
             }
         }
     }
@@ -277,6 +280,7 @@ impl Upstream {
         request: Request<Bytes>,
         metrics: &'a Metrics,
         route: RouteKind,
+        deadlines: Option<&'a Deadlines>,
     ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
         let (mut parts, body) = request.into_parts();
         // Parts and body are used in place: an `async fn` would keep a
@@ -286,7 +290,7 @@ impl Upstream {
             loop {
                 let last = attempt >= retry.attempts;
                 let started = Instant::now();
-                let sending = self.send(attempt_request(&mut parts, &body, last));
+                let sending = self.send(attempt_request(&mut parts, &body, last), deadlines);
                 let result = sending.await;
                 metrics.upstream_latency(route, started.elapsed());
                 let retryable = match &result {
@@ -332,11 +336,12 @@ fn send_http1(
     mut request: Request<Body>,
     pool: &Http1Pool,
     timeout: Duration,
-) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static {
+    deadlines: Option<&Deadlines>,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + use<> {
     if let Some(target) = request.uri().path_and_query().cloned() {
         *request.uri_mut() = Uri::from(target);
     }
-    tokio::time::timeout(timeout, pool.send(request)).map(move |sent| settle(timeout, sent))
+    deadline::timeout(deadlines, timeout, pool.send(request)).map(move |sent| settle(timeout, sent))
 }
 
 /// Over hyper-util's pooled client: `https` (HTTP/2 by ALPN) and upgrades.
@@ -344,6 +349,7 @@ async fn send_pooled(
     request: Request<Body>,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     timeout: Duration,
+    deadlines: Option<Deadlines>,
 ) -> Result<Response<Body>, ProxyError> {
     let pending = async {
         match client.request(request).await {
@@ -352,14 +358,17 @@ async fn send_pooled(
             Err(e) => Err(SendError::Request(e.into())),
         }
     };
-    settle(timeout, tokio::time::timeout(timeout, pending).await)
+    settle(
+        timeout,
+        deadline::timeout(deadlines.as_ref(), timeout, pending).await,
+    )
 }
 
 /// The proxy's answer to one exchange, whichever client carried it:
 /// past the response timeout, no connection, or a failed exchange.
 fn settle(
     timeout: Duration,
-    sent: Result<Result<Response<Body>, SendError>, tokio::time::error::Elapsed>,
+    sent: Result<Result<Response<Body>, SendError>, Elapsed>,
 ) -> Result<Response<Body>, ProxyError> {
     match sent {
         Err(_) => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
