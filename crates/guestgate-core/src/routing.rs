@@ -371,7 +371,9 @@ impl RouteTemplate {
             return None;
         }
         let pairs = || self.segments.iter().zip(&path.segments);
-        let matched = pairs().all(|(template, segment)| {
+        // Last segment first: paths under one API share their first
+        // segments and differ at the end, where a mismatch is found soonest.
+        let matched = pairs().rev().all(|(template, segment)| {
             let bare = path.bare(segment);
             match template {
                 // Most requests spell a literal as configured: one compare.
