@@ -13,6 +13,7 @@
 # measures, and writes bench/results/<date>-<host>.md (and prints it).
 #
 # Knobs (environment): QUICK=1, ROUNDS, DURATION (s), CONNS (e.g. 1,32,256),
+# FIXED_ROUNDS (default 5) and FIXED_SECS (default 5) for the fixed-rate latency,
 # PIN=0 (no core pinning), NJS_MODE=js_set|fetch, SKIP_CRITERION=1,
 # NO_OHA=1 (do not install oha), MULTICORE=0 (skip the 2-worker section),
 # PROFILE=0 (no profile section: perf on guestgate's profiling build and the
