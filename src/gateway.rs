@@ -125,13 +125,14 @@ impl Generation {
     /// path holds only that path's state.
     pub fn call(self: Arc<Self>, mut request: Request, client: ClientInfo) -> Answering {
         match &self.cors {
-            Some(_) if Cors::applies(&request) => {
+            Some(cors) if Cors::applies(&request) => {
                 request.extensions_mut().insert(client);
+                let cors = cors.clone();
                 Box::pin(async move {
-                    match &self.cors {
-                        Some(cors) => cors.call(request).await,
-                        None => ProxyError::Internal.into_response(),
-                    }
+                    // Held while the CORS layer answers: the proxy behind it
+                    // reaches this generation through a weak reference.
+                    let _generation = self;
+                    cors.call(request).await
                 })
             }
             Some(_) if !request.headers().contains_key(header::ORIGIN) => {
