@@ -113,14 +113,15 @@ impl Deadlines {
                 }
                 // Fired: this wake-up lets a due deadline see it is due.
                 // A later one is watched next; one already due is done with.
-                let now = shared.nanos(Instant::now());
+                let at = Instant::now();
+                let now = shared.nanos(at);
                 if noted != 0 && noted <= now {
                     shared.clear(noted);
                 }
                 armed = if noted > now {
                     noted
                 } else {
-                    shared.nanos(Instant::now() + limit)
+                    shared.nanos(at + limit)
                 };
                 sleep.as_mut().reset(shared.instant(armed).into());
                 registered = false;

@@ -253,6 +253,7 @@ impl Upstream {
     /// Boxed, and owning what it uses: the exchange's state is a few
     /// hundred bytes, and every caller up to the connection would otherwise
     /// hold (and move) room for it.
+    ///
     /// The response timeout runs on the client connection's `deadlines`
     /// when it has them (HTTP/1).
     pub fn send(&self, request: Request<Body>, deadlines: Option<&Deadlines>) -> Sending {
@@ -290,8 +291,9 @@ impl Upstream {
             loop {
                 let last = attempt >= retry.attempts;
                 let started = Instant::now();
-                let sending = self.send(attempt_request(&mut parts, &body, last), deadlines);
-                let result = sending.await;
+                let result = self
+                    .send(attempt_request(&mut parts, &body, last), deadlines)
+                    .await;
                 metrics.upstream_latency(route, started.elapsed());
                 let retryable = match &result {
                     Ok(response) => retry.statuses.contains(&response.status().as_u16()),
