@@ -430,10 +430,7 @@ impl Metrics {
                     .clone()
             };
             if change.op != Op::Kept {
-                match at {
-                    Some(at) => at.by_op[op].get_or_init(edit).inc(),
-                    None => edit().inc(),
-                };
+                count(at.map(|at| &at.by_op[op]), edit);
             }
             if !shorthand {
                 continue;
@@ -455,10 +452,7 @@ impl Metrics {
                         })
                         .clone()
                 };
-                match at {
-                    Some(at) => at.stripped.get_or_init(stripped).inc(),
-                    None => stripped().inc(),
-                };
+                count(at.map(|at| &at.stripped), stripped);
             }
         }
     }
@@ -545,6 +539,15 @@ impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// Counts one in the series kept in `slot` (resolved by `resolve` at first
+/// use), or, for a pointer the series has no slot for, straight in its family.
+fn count(slot: Option<&OnceLock<Counter>>, resolve: impl FnOnce() -> Counter) {
+    match slot {
+        Some(slot) => slot.get_or_init(resolve).inc(),
+        None => resolve().inc(),
+    };
 }
 
 /// The `method` label's values; any other method counts as `other`.
