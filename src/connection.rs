@@ -47,3 +47,12 @@ impl Lease {
         self.shutdown.wait(Phase::Closing).await
     }
 }
+
+/// Resolves when `lease` ends, as [`Lease::closed`]; never when there is
+/// none (nothing then bounds the tunnel but its own end).
+pub async fn closed(lease: Option<Lease>) {
+    match lease {
+        Some(lease) => lease.closed().await,
+        None => std::future::pending().await,
+    }
+}

@@ -68,12 +68,7 @@ pub fn splice_upgrade<G: Send + 'static>(
 ) {
     tokio::spawn(async move {
         let _guard = guard;
-        let closed = async move {
-            match lease {
-                Some(lease) => lease.closed().await,
-                None => std::future::pending().await,
-            }
-        };
+        let closed = crate::connection::closed(lease);
         let run = async {
             let (client, upstream) = tokio::try_join!(client, upstream)
                 .map_err(|e| std::io::Error::other(format!("upgrade did not complete: {e}")))?;

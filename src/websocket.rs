@@ -365,12 +365,7 @@ pub fn inspect<G: Send + 'static>(
         .await;
         let upstream =
             WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
-        let closed = async move {
-            match lease {
-                Some(lease) => lease.closed().await,
-                None => std::future::pending().await,
-            }
-        };
+        let closed = crate::connection::closed(lease);
         relay(client, upstream, &route, idle, &metrics, closed).await;
     });
 }
