@@ -129,6 +129,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// The spawned wait resolves soon (a stuck one fails the test with `what`).
+    async fn woken(wait: &mut tokio::task::JoinHandle<()>, what: &str) {
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect(what)
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn waits_resolve_at_their_phase_and_not_before() {
         let shutdown = Shutdown::new();
@@ -137,16 +145,10 @@ mod tests {
         let short = Duration::from_millis(50);
         assert!(tokio::time::timeout(short, &mut draining).await.is_err());
         shutdown.enter(Phase::Draining);
-        tokio::time::timeout(Duration::from_secs(5), &mut draining)
-            .await
-            .expect("draining wakes the draining wait")
-            .unwrap();
+        woken(&mut draining, "draining wakes the draining wait").await;
         assert!(tokio::time::timeout(short, &mut closing).await.is_err());
         shutdown.enter(Phase::Closing);
-        tokio::time::timeout(Duration::from_secs(5), &mut closing)
-            .await
-            .expect("closing wakes the closing wait")
-            .unwrap();
+        woken(&mut closing, "closing wakes the closing wait").await;
         // Late waits resolve at once; the phase never goes back.
         shutdown.enter(Phase::Draining);
         shutdown.wait(Phase::Closing).await;
