@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -36,16 +38,30 @@ use crate::metrics::OpenGuard;
 use crate::shutdown::{Phase, Shutdown};
 use crate::telemetry;
 
-/// Answers a request whose handler panicked: a 500 problem, and the server
-/// keeps serving.
-async fn catch_panic(handler: impl Future<Output = Response>) -> Response {
-    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::error!("request handler panicked");
-            ProxyError::Internal.into_response()
-        }
+/// Starts a request's handling and runs it to its response under a panic
+/// guard: a handler that panics, starting or polled, answers a 500 problem
+/// and the server keeps serving.
+///
+/// Combinators, not an `async fn`: that would keep the handler's future
+/// twice, in a box allocated for every request.
+fn catch_panic<Fut>(start: impl FnOnce() -> Fut) -> impl Future<Output = Response>
+where
+    Fut: Future<Output = Response>,
+{
+    match catch_unwind(AssertUnwindSafe(start)) {
+        Ok(handling) => Either::Left(
+            AssertUnwindSafe(handling)
+                .catch_unwind()
+                .map(|result| result.unwrap_or_else(|_| panicked())),
+        ),
+        // Lazy: a ready response would take room in every request's box.
+        Err(_) => Either::Right(futures_util::future::lazy(|_| panicked())),
     }
+}
+
+fn panicked() -> Response {
+    tracing::error!("request handler panicked");
+    ProxyError::Internal.into_response()
 }
 
 /// Connection-level limits, from `[server]`.
@@ -113,7 +129,7 @@ pub trait Connections: Send + Sync + 'static {
         &self,
         request: Request,
         client: ClientInfo,
-    ) -> impl Future<Output = Response> + Send + 'static;
+    ) -> impl Future<Output = Response> + Send + use<Self>;
     /// TLS for new connections; `None` serves plain HTTP/1.1 and h2c.
     fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         None
@@ -131,7 +147,7 @@ impl Connections for Router {
         &self,
         mut request: Request,
         client: ClientInfo,
-    ) -> impl Future<Output = Response> + Send + 'static {
+    ) -> impl Future<Output = Response> + Send + use<> {
         request.extensions_mut().insert(client);
         let response = self.clone().oneshot(request);
         async move { response.await.unwrap_or_else(|never| match never {}) }
@@ -143,7 +159,7 @@ impl Connections for Gateway {
         &self,
         request: Request,
         client: ClientInfo,
-    ) -> impl Future<Output = Response> + Send + 'static {
+    ) -> impl Future<Output = Response> + Send + use<> {
         // Boxed by the generation: the wrappers around it (span, panic
         // guard, hyper's dispatcher) then move a pointer.
         self.current().call(request, client)
@@ -511,9 +527,8 @@ fn connection_service<C: Connections>(
             }
             let app = app.clone();
             let client = client.clone();
-            // The request is handled lazily, inside its span and panic guard.
-            let handler =
-                move |request| catch_panic(async move { app.call(request, client).await });
+            // Started inside the request's span, under the panic guard.
+            let handler = move |request| catch_panic(move || app.call(request, client));
             let answering = telemetry::traced(request.map(Body::new), handler);
             Box::pin(answering.map(Ok))
         },

@@ -20,7 +20,7 @@ use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
-use crate::otel::{ExportConfig, Pipeline};
+use crate::otel::{ExportConfig, Pipeline, ServerSpan};
 
 use serde::{Deserialize, Serialize};
 
@@ -202,7 +202,7 @@ where
         _ => generate(),
     };
     request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
-    let exported = crate::otel::ServerSpan::start(&mut request);
+    let exported = ServerSpan::start(&mut request);
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or_default(),
@@ -212,7 +212,14 @@ where
         rule = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
-    let handling = tracing::Instrument::instrument(handler(request), span.clone());
+    // Started inside the spans it is then polled in: the stages before the
+    // upstream run as `handler` is called.
+    let handling = {
+        let _server = exported.as_ref().map(ServerSpan::enter);
+        let _request = span.enter();
+        handler(request)
+    };
+    let handling = tracing::Instrument::instrument(handling, span.clone());
     let handling = match &exported {
         Some(server) => Either::Left(server.instrument(handling)),
         None => Either::Right(handling),

@@ -1009,11 +1009,8 @@ async fn boom() -> &'static str {
     panic!("boom")
 }
 
-#[tokio::test]
-async fn a_panicking_request_gets_500_and_the_server_keeps_serving() {
-    let app = axum::Router::new()
-        .route("/panic", axum::routing::get(boom))
-        .route("/ok", axum::routing::get(|| async { "fine" }));
+/// Serves `app` on a loopback port until the test ends.
+async fn serve_app<C: guestgate::server::Connections>(app: C) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let limits = guestgate::server::Limits {
@@ -1029,6 +1026,12 @@ async fn a_panicking_request_gets_500_and_the_server_keeps_serving() {
         limits,
         std::future::pending(),
     ));
+    addr
+}
+
+/// GET /panic answers a 500 problem with a request id; GET /ok still
+/// answers "fine" afterwards.
+async fn assert_panic_isolated(addr: std::net::SocketAddr) {
     let response = raw(
         addr,
         b"GET /panic HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -1043,4 +1046,33 @@ async fn a_panicking_request_gets_500_and_the_server_keeps_serving() {
     .await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.body_str(), "fine");
+}
+
+#[tokio::test]
+async fn a_panicking_request_gets_500_and_the_server_keeps_serving() {
+    let app = axum::Router::new()
+        .route("/panic", axum::routing::get(boom))
+        .route("/ok", axum::routing::get(|| async { "fine" }));
+    assert_panic_isolated(serve_app(app).await).await;
+}
+
+/// Panics as it is called, before it has a future to poll.
+struct PanicsWhenCalled;
+
+impl guestgate::server::Connections for PanicsWhenCalled {
+    fn call(
+        &self,
+        request: axum::extract::Request,
+        _client: guestgate::connection::ClientInfo,
+    ) -> impl Future<Output = axum::response::Response> + Send + use<> {
+        assert_ne!(request.uri().path(), "/panic", "boom");
+        std::future::ready(axum::response::Response::new(axum::body::Body::from(
+            "fine",
+        )))
+    }
+}
+
+#[tokio::test]
+async fn a_handler_panicking_as_it_starts_gets_500_too() {
+    assert_panic_isolated(serve_app(PanicsWhenCalled).await).await;
 }

@@ -76,6 +76,12 @@ impl ServerSpan {
         request.extensions_mut().remove::<Self>()
     }
 
+    /// Enters the span, for work done before the future [`ServerSpan::instrument`]
+    /// wraps is polled.
+    pub fn enter(&self) -> tracing::span::Entered<'_> {
+        self.span.enter()
+    }
+
     /// Runs `future` inside the span, so the upstream call's span is its child.
     pub fn instrument<F: Future>(&self, future: F) -> tracing::instrument::Instrumented<F> {
         future.instrument(self.span.clone())
