@@ -215,7 +215,8 @@ impl<F: Future> Future for Timeout<F> {
 }
 
 /// `future`, or [`Elapsed`] once `after` has passed: on the connection's
-/// timer when the request has one (HTTP/1), on tokio's otherwise.
+/// timer when the request has one (HTTP/1), on tokio's otherwise. tokio's
+/// timer is boxed, so an HTTP/1 request's future carries no room for it.
 pub fn timeout<F: Future>(
     deadlines: Option<&Deadlines>,
     after: Duration,
@@ -226,7 +227,9 @@ pub fn timeout<F: Future>(
             future,
             due: deadlines.due_at(Instant::now() + after),
         }),
-        None => Either::Right(tokio::time::timeout(after, future).map(|r| r.map_err(|_| Elapsed))),
+        None => Either::Right(
+            Box::pin(tokio::time::timeout(after, future)).map(|r| r.map_err(|_| Elapsed)),
+        ),
     }
 }
 

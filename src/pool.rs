@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{self, Either};
 use http::{HeaderValue, Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -86,6 +88,11 @@ impl Http1Pool {
     /// Sends `request` (its URI in origin form) over an idle connection, or
     /// a new one. A request that an idle connection closed under could not
     /// take is sent once more on a new connection; it was never written.
+    ///
+    /// The usual case, an idle connection ready to take the request, hands
+    /// it over here and the future only waits for the response head; waiting
+    /// for a connection to become ready, or opening one, is boxed, so the
+    /// usual case does not carry room for it (`bench/NOTES.md`).
     pub fn send(
         &self,
         mut request: Request<Body>,
@@ -94,26 +101,54 @@ impl Http1Pool {
             .headers_mut()
             .insert(http::header::HOST, self.shared.host.clone());
         let shared = self.shared.clone();
-        let idle = shared.take_idle();
-        // The request is used in place: an `async fn` would keep a second copy.
-        async move {
-            if let Some(mut sender) = idle {
-                if sender.ready().await.is_ok() {
-                    match sender.try_send_request(request).await {
-                        Ok(response) => return Ok(pooled(shared, response, sender)),
-                        Err(mut e) => match e.take_message() {
-                            Some(unsent) => request = unsent,
-                            None => return Err(SendError::Request(e.into_error().into())),
-                        },
+        match shared.take_idle() {
+            Some(mut sender) if sender.is_ready() => {
+                let sending = sender.try_send_request(request);
+                Either::Left(sending.then(move |sent| match sent {
+                    Ok(response) => {
+                        Either::Left(future::ready(Ok(pooled(shared, response, sender))))
                     }
-                }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => Either::Right(Box::pin(send_new(shared, unsent))),
+                        None => Either::Left(future::ready(Err(SendError::Request(
+                            e.into_error().into(),
+                        )))),
+                    },
+                }))
             }
-            let mut sender = shared.connect().await?;
-            match sender.send_request(request).await {
-                Ok(response) => Ok(pooled(shared, response, sender)),
-                Err(e) => Err(SendError::Request(e.into())),
+            idle => Either::Right(Box::pin(send_waiting(shared, idle, request))),
+        }
+    }
+}
+
+type Sent = Result<Response<Body>, SendError>;
+
+/// Over `idle` once it is ready, or over a new connection.
+async fn send_waiting(
+    shared: Arc<Shared>,
+    idle: Option<SendRequest<Body>>,
+    mut request: Request<Body>,
+) -> Sent {
+    if let Some(mut sender) = idle {
+        if sender.ready().await.is_ok() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(pooled(shared, response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Request(e.into_error().into())),
+                },
             }
         }
+    }
+    send_new(shared, request).await
+}
+
+/// Over a new connection.
+async fn send_new(shared: Arc<Shared>, request: Request<Body>) -> Sent {
+    let mut sender = shared.connect().await?;
+    match sender.send_request(request).await {
+        Ok(response) => Ok(pooled(shared, response, sender)),
+        Err(e) => Err(SendError::Request(e.into())),
     }
 }
 
