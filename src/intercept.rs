@@ -239,23 +239,24 @@ fn edit(
 }
 
 /// Sends an edited request (with the rule's retries) and relays the answer.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would keep a second copy of its arguments"
-)]
 fn send_edited(
     generation: Arc<Generation>,
     rule: Arc<Rule>,
     edited: Edited,
     deadlines: Option<Deadlines>,
 ) -> impl Future<Output = Result<Response, ProxyError>> + Send + 'static {
+    let Edited {
+        mut outgoing,
+        traced,
+    } = edited;
+    // The request is held here once and lent to the attempts.
     async move {
         let upstream = &generation.upstreams[rule.upstream];
         let mut response = otel::send(
-            edited.traced,
+            traced,
             upstream.send_with_retry(
                 &rule.retry,
-                edited.outgoing,
+                &mut outgoing,
                 &generation.metrics,
                 RouteKind::Intercepted,
                 deadlines.as_ref(),

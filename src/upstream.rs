@@ -275,25 +275,24 @@ impl Upstream {
     /// Sends an intercepted route's edited request, retrying per its `retry`
     /// settings. The body is complete in memory, so every attempt sends the
     /// same bytes; each attempt's latency goes to `metrics` under `route`.
-    pub fn send_with_retry<'a>(
-        &'a self,
-        retry: &'a RetrySettings,
-        request: Request<Bytes>,
-        metrics: &'a Metrics,
+    ///
+    /// The request is borrowed from the caller's future, which holds it
+    /// once; only a retry's wait is boxed, so the usual single attempt
+    /// carries no room for a timer.
+    pub async fn send_with_retry(
+        &self,
+        retry: &RetrySettings,
+        request: &mut Request<Bytes>,
+        metrics: &Metrics,
         route: RouteKind,
-        deadlines: Option<&'a Deadlines>,
-    ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
-        let (mut parts, body) = request.into_parts();
-        // Parts and body are used in place: an `async fn` would keep a
-        // second copy of the request.
-        async move {
-            let mut attempt = 1;
-            loop {
-                let last = attempt >= retry.attempts;
+        deadlines: Option<&Deadlines>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut attempt = 1;
+        loop {
+            let last = attempt >= retry.attempts;
+            let delay = {
                 let started = Instant::now();
-                let result = self
-                    .send(attempt_request(&mut parts, &body, last), deadlines)
-                    .await;
+                let result = self.send(attempt_request(request, last), deadlines).await;
                 metrics.upstream_latency(route, started.elapsed());
                 let retryable = match &result {
                     Ok(response) => retry.statuses.contains(&response.status().as_u16()),
@@ -311,24 +310,24 @@ impl Upstream {
                     "retrying guest message"
                 );
                 metrics.retry();
-                drop(result);
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
+                delay
+            };
+            Box::pin(tokio::time::sleep(delay)).await;
+            attempt += 1;
         }
     }
 }
 
 /// One attempt's request: the same bytes each time; the last attempt takes
 /// the headers, earlier ones send copies.
-fn attempt_request(parts: &mut http::request::Parts, body: &Bytes, last: bool) -> Request<Body> {
-    let mut outgoing = Request::new(Body::from(body.clone()));
-    *outgoing.method_mut() = parts.method.clone();
-    *outgoing.uri_mut() = parts.uri.clone();
+fn attempt_request(request: &mut Request<Bytes>, last: bool) -> Request<Body> {
+    let mut outgoing = Request::new(Body::from(request.body().clone()));
+    *outgoing.method_mut() = request.method().clone();
+    *outgoing.uri_mut() = request.uri().clone();
     *outgoing.headers_mut() = if last {
-        std::mem::take(&mut parts.headers)
+        std::mem::take(request.headers_mut())
     } else {
-        parts.headers.clone()
+        request.headers().clone()
     };
     outgoing
 }
