@@ -102,20 +102,7 @@ impl Http1Pool {
             .insert(http::header::HOST, self.shared.host.clone());
         let shared = self.shared.clone();
         match shared.take_idle() {
-            Some(mut sender) if sender.is_ready() => {
-                let sending = sender.try_send_request(request);
-                Either::Left(sending.then(move |sent| match sent {
-                    Ok(response) => {
-                        Either::Left(future::ready(Ok(pooled(shared, response, sender))))
-                    }
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => Either::Right(Box::pin(send_new(shared, unsent))),
-                        None => Either::Left(future::ready(Err(SendError::Request(
-                            e.into_error().into(),
-                        )))),
-                    },
-                }))
-            }
+            Some(sender) if sender.is_ready() => Either::Left(send_ready(shared, sender, request)),
             idle => Either::Right(Box::pin(send_waiting(shared, idle, request))),
         }
     }
@@ -123,21 +110,36 @@ impl Http1Pool {
 
 type Sent = Result<Response<Body>, SendError>;
 
+/// Over `sender`, ready to take the request: the request is handed over
+/// now and the future waits for the response head. A request the connection
+/// closed under before taking it goes on a new connection.
+fn send_ready(
+    shared: Arc<Shared>,
+    mut sender: SendRequest<Body>,
+    request: Request<Body>,
+) -> impl Future<Output = Sent> + Send + use<> {
+    sender
+        .try_send_request(request)
+        .then(move |sent| match sent {
+            Ok(response) => Either::Left(future::ready(Ok(pooled(shared, response, sender)))),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => Either::Right(Box::pin(send_new(shared, unsent))),
+                None => Either::Left(future::ready(Err(SendError::Request(
+                    e.into_error().into(),
+                )))),
+            },
+        })
+}
+
 /// Over `idle` once it is ready, or over a new connection.
 async fn send_waiting(
     shared: Arc<Shared>,
     idle: Option<SendRequest<Body>>,
-    mut request: Request<Body>,
+    request: Request<Body>,
 ) -> Sent {
     if let Some(mut sender) = idle {
         if sender.ready().await.is_ok() {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(pooled(shared, response, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(SendError::Request(e.into_error().into())),
-                },
-            }
+            return send_ready(shared, sender, request).await;
         }
     }
     send_new(shared, request).await
