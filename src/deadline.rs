@@ -1,6 +1,6 @@
-//! An HTTP/1 connection's deadlines on one tokio timer: hyper's header read
-//! timeout and, for the request in flight, its body read and upstream
-//! response timeouts.
+//! A connection's deadlines on one tokio timer: the first request's, and on
+//! HTTP/1 hyper's header read timeout and, for the request in flight, its
+//! body read and upstream response timeouts.
 //!
 //! A tokio sleep per deadline is a timer-wheel insertion and removal: about
 //! 1,100 instructions for each of a request's timeouts, and hyper starts a
@@ -12,7 +12,8 @@
 //! requests, the request's timeouts while it is in flight. Both are polled
 //! by the connection's task (hyper polls the request's future there), which
 //! the watch wakes. HTTP/2 requests run in tasks of their own and keep
-//! tokio's timers ([`timeout`] with no `Deadlines`).
+//! tokio's timers ([`timeout`] with no `Deadlines`); an HTTP/2 connection's
+//! watch only keeps the first request's deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,13 +37,17 @@ struct Shared {
     origin: Instant,
     /// The deadline a pending [`Due`] noted last; 0 for none.
     noted: AtomicU64,
+    /// The first request's deadline until a request comes; 0 after.
+    first: AtomicU64,
 }
 
 impl Shared {
     /// `at` as nanoseconds after `origin`; never 0, which means none.
     fn nanos(&self, at: Instant) -> u64 {
         let nanos = at.saturating_duration_since(self.origin).as_nanos();
-        u64::try_from(nanos).unwrap_or(u64::MAX).max(1)
+        u64::try_from(nanos)
+            .unwrap_or(u64::MAX - 1)
+            .clamp(1, u64::MAX - 1)
     }
 
     fn instant(&self, nanos: u64) -> Instant {
@@ -69,7 +74,25 @@ impl Deadlines {
             shared: Arc::new(Shared {
                 origin: Instant::now(),
                 noted: AtomicU64::new(0),
+                first: AtomicU64::new(0),
             }),
+        }
+    }
+
+    /// The deadlines of a connection that closes unless a request comes by
+    /// `at` (see [`Watch`] and [`Deadlines::requested`]).
+    pub fn with_first_request_by(at: Instant) -> Self {
+        let deadlines = Self::new();
+        let first = deadlines.shared.nanos(at);
+        deadlines.shared.first.store(first, Ordering::Relaxed);
+        deadlines
+    }
+
+    /// A request came: the first request's deadline no longer applies.
+    /// Called for every request, so it only writes the first time.
+    pub fn requested(&self) {
+        if self.shared.first.load(Ordering::Relaxed) != 0 {
+            self.shared.first.store(0, Ordering::Relaxed);
         }
     }
 
@@ -82,52 +105,99 @@ impl Deadlines {
         }
     }
 
-    /// Wakes the connection's task when the deadline noted last is due;
-    /// never resolves. `limit` is the header read timeout: the timer is
-    /// re-armed when it fires and when a deadline earlier than the armed
-    /// one is noted, and otherwise looks again a `limit` later. It is
-    /// polled at every wake-up of the task, so it polls its tokio sleep
-    /// only to register it and once it has fired.
-    pub async fn watch(&self, limit: Duration) {
+    /// The connection's one tokio timer, polled by its task at every
+    /// wake-up (see [`Watch`]). `limit` is the header read timeout, with
+    /// which the watch looks again when nothing is noted; `None` where no
+    /// request notes its deadlines here (HTTP/2), and the watch then stops
+    /// once the first request has come.
+    pub fn watch(&self, limit: Option<Duration>) -> Watch {
         let shared = &self.shared;
-        let sleep = tokio::time::sleep(limit);
-        tokio::pin!(sleep);
-        // Where the sleep is armed, in `shared`'s nanoseconds: compared with
-        // the noted deadline at every poll.
-        let mut armed = shared.nanos(sleep.deadline().into_std());
-        let mut registered = false;
-        std::future::poll_fn(|cx| {
-            loop {
-                let noted = shared.noted();
-                if noted != 0 && noted < armed {
-                    armed = noted;
-                    sleep.as_mut().reset(shared.instant(noted).into());
-                    registered = false;
-                }
-                if registered && !sleep.is_elapsed() {
-                    return Poll::Pending;
-                }
-                if sleep.as_mut().poll(cx).is_pending() {
-                    registered = true;
-                    return Poll::Pending;
-                }
-                // Fired: this wake-up lets a due deadline see it is due.
-                // A later one is watched next; one already due is done with.
-                let at = Instant::now();
-                let now = shared.nanos(at);
-                if noted != 0 && noted <= now {
-                    shared.clear(noted);
-                }
-                armed = if noted > now {
-                    noted
-                } else {
-                    shared.nanos(at + limit)
-                };
-                sleep.as_mut().reset(shared.instant(armed).into());
-                registered = false;
+        let armed = match shared.first.load(Ordering::Relaxed) {
+            0 => limit.map_or(PARKED, |limit| shared.nanos(Instant::now() + limit)),
+            first => first,
+        };
+        let at = match armed {
+            PARKED => Instant::now(),
+            armed => shared.instant(armed),
+        };
+        Watch {
+            sleep: tokio::time::sleep_until(at.into()),
+            shared: shared.clone(),
+            armed,
+            limit,
+            registered: false,
+        }
+    }
+}
+
+/// A [`Watch`] with nothing to wake its task for.
+const PARKED: u64 = u64::MAX;
+
+pin_project! {
+    /// Wakes a connection's task when the deadline noted last is due, and
+    /// resolves if no request came by the first request's deadline; it
+    /// never resolves otherwise. The timer is re-armed when it fires and
+    /// when a deadline earlier than the armed one is noted, and otherwise
+    /// looks again a `limit` later. It is polled at every wake-up of the
+    /// task, so it polls its tokio sleep only to register it and once it
+    /// has fired. A plain struct rather than an `async fn`, so the
+    /// connection's task holds it without a state of its own.
+    pub struct Watch {
+        #[pin]
+        sleep: tokio::time::Sleep,
+        shared: Arc<Shared>,
+        // Where the sleep is armed, in `shared`'s nanoseconds ([`PARKED`]
+        // for nowhere): compared with the noted deadline at every poll.
+        armed: u64,
+        limit: Option<Duration>,
+        registered: bool,
+    }
+}
+
+impl Future for Watch {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let shared = &**this.shared;
+        loop {
+            let noted = shared.noted();
+            if noted != 0 && noted < *this.armed {
+                *this.armed = noted;
+                this.sleep.as_mut().reset(shared.instant(noted).into());
+                *this.registered = false;
             }
-        })
-        .await
+            if *this.armed == PARKED || (*this.registered && !this.sleep.is_elapsed()) {
+                return Poll::Pending;
+            }
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                *this.registered = true;
+                return Poll::Pending;
+            }
+            // Fired: this wake-up lets a due deadline see it is due. A later
+            // one is watched next; one already due is done with.
+            let at = Instant::now();
+            let now = shared.nanos(at);
+            let first = shared.first.load(Ordering::Relaxed);
+            if first != 0 && first <= now {
+                return Poll::Ready(());
+            }
+            if noted != 0 && noted <= now {
+                shared.clear(noted);
+            }
+            let next = [noted, first].into_iter().filter(|&n| n > now).min();
+            *this.armed = match (next, *this.limit) {
+                (Some(next), _) => next,
+                (None, Some(limit)) => shared.nanos(at + limit),
+                (None, None) => PARKED,
+            };
+            if *this.armed != PARKED {
+                this.sleep
+                    .as_mut()
+                    .reset(shared.instant(*this.armed).into());
+            }
+            *this.registered = false;
+        }
     }
 }
 
@@ -240,7 +310,7 @@ mod tests {
 
     /// hyper's sleep and the watch polled by one task, as in a connection.
     async fn due_with_watch(deadlines: &Deadlines, limit: Duration, due: impl Future) {
-        let watch = deadlines.watch(limit);
+        let watch = deadlines.watch(Some(limit));
         tokio::pin!(watch);
         tokio::pin!(due);
         let both = std::future::poll_fn(|cx| {
@@ -303,5 +373,37 @@ mod tests {
             std::future::pending::<()>(),
         );
         assert_eq!(tokio_bounded.await, Err(Elapsed));
+    }
+
+    /// Polls `watch` until it resolves or `within` has passed.
+    async fn resolves_within(watch: Watch, within: Duration) -> bool {
+        tokio::time::timeout(within, watch).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn no_request_by_the_first_deadline_resolves_the_watch() {
+        let first = Duration::from_millis(100);
+        let waited = Instant::now();
+        let deadlines = Deadlines::with_first_request_by(waited + first);
+        // The header read timeout would look again only after 10 s.
+        let watch = deadlines.watch(Some(Duration::from_secs(10)));
+        assert!(resolves_within(watch, Duration::from_secs(5)).await);
+        let took = waited.elapsed();
+        assert!(took >= first, "{took:?}");
+        // HTTP/2: no limit, the same first deadline.
+        let deadlines = Deadlines::with_first_request_by(Instant::now() + first);
+        assert!(resolves_within(deadlines.watch(None), Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_request_lifts_the_first_deadline() {
+        let first = Duration::from_millis(50);
+        for limit in [Some(Duration::from_millis(20)), None] {
+            let deadlines = Deadlines::with_first_request_by(Instant::now() + first);
+            let watch = deadlines.watch(limit);
+            deadlines.requested();
+            // Past the first deadline, and (HTTP/1) several re-armed looks.
+            assert!(!resolves_within(watch, first * 4).await, "{limit:?}");
+        }
     }
 }

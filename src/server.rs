@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,18 +25,19 @@ use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::connection::{ClientInfo, Lease};
-use crate::deadline::Deadlines;
+use crate::deadline::{Deadlines, Watch};
 use crate::error::ProxyError;
 use crate::gateway::{ConfigSource, Gateway};
 use crate::metrics::OpenGuard;
-use crate::shutdown::{Phase, Shutdown};
+use crate::shutdown::{Phase, Shutdown, Wait};
 use crate::telemetry;
 
 /// Starts a request's handling and runs it to its response under a panic
@@ -217,35 +219,24 @@ async fn serve_with_slots<C: Connections>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let protocols = protocols.clone();
         let lease = Lease::new(Arc::new(permit), phases.0.clone());
-        let shutdown = phases.0.clone();
-        // One deadline for the first request head, whatever comes before it
-        // (the preface peek, the TLS handshake).
-        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-        tokio::spawn(async move {
-            let _open = app.opened();
-            let tls = app.tls();
-            let connection = Connection {
-                client: ClientInfo {
-                    peer,
-                    tls: tls.is_some(),
-                    deadlines: None,
-                },
-                app,
-                protocols,
-                shutdown,
-                lease,
-                deadline,
-            };
-            match tls {
-                None => connection.serve_plain(stream).await,
-                // Boxed: the TLS state is several KiB, and a plain
-                // connection's task should not hold room for it.
-                Some(tls) => Box::pin(connection.serve_tls(stream, tls)).await,
-            }
-        });
+        let tls = app.tls();
+        let connection = Connection {
+            client: ClientInfo {
+                peer,
+                tls: tls.is_some(),
+                deadlines: None,
+            },
+            app: app.clone(),
+            protocols: protocols.clone(),
+            shutdown: phases.0.clone(),
+            lease,
+            open: app.opened(),
+            // One deadline for the first request head, whatever comes before
+            // it (the preface peek, the TLS handshake).
+            deadline: tokio::time::Instant::now() + limits.header_read_timeout,
+        };
+        tokio::spawn(connection.task(stream, tls));
     }
     drop(listener);
     let open = limits.max_connections - slots.available_permits();
@@ -338,161 +329,233 @@ struct Connection<C> {
     protocols: Arc<Protocols>,
     shutdown: Shutdown,
     lease: Lease,
+    open: Option<OpenGuard>,
     deadline: tokio::time::Instant,
 }
 
 impl<C: Connections> Connection<C> {
+    /// The connection's task: its start (the protocol told apart, or the
+    /// TLS handshake), then serving. The start is boxed: it is over once
+    /// the first request comes, and TLS's is several KiB.
+    fn task(self, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) -> Task {
+        let starting: Starting = match tls {
+            None => Box::pin(self.start_plain(stream)),
+            Some(tls) => Box::pin(self.start_tls(stream, tls)),
+        };
+        Task::Starting { starting }
+    }
+
     /// Cleartext: HTTP/2 with prior knowledge or HTTP/1.1, told apart by
     /// the first bytes, within the first request's deadline.
-    async fn serve_plain(self, stream: TcpStream) {
+    async fn start_plain(self, stream: TcpStream) -> Option<Serving> {
         let peer = self.client.peer;
         match tokio::time::timeout_at(self.deadline, starts_with_h2_preface(&stream)).await {
-            Ok(Ok(h2)) => self.run(stream, h2).await,
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection failed"),
-            Err(_) => tracing::debug!(%peer, "no request within the header read timeout"),
+            Ok(Ok(h2)) => Some(self.serve(stream, h2)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no request within the header read timeout");
+                None
+            }
         }
     }
 
     /// TLS: the handshake within the first request's deadline, then the
     /// protocol ALPN chose.
-    async fn serve_tls(self, stream: TcpStream, tls: Arc<rustls::ServerConfig>) {
+    async fn start_tls(self, stream: TcpStream, tls: Arc<rustls::ServerConfig>) -> Option<Serving> {
         let peer = self.client.peer;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         match tokio::time::timeout_at(self.deadline, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                self.run(stream, h2).await
+                Some(self.serve(stream, h2))
             }
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
         }
     }
 
-    /// Serves HTTP/2 or HTTP/1.1 (with upgrades). Each is boxed: a
-    /// connection's state is a few KiB, and an idle HTTP/1 connection
-    /// should not also hold room for HTTP/2's.
-    async fn run<I>(self, io: I, h2: bool)
+    /// Serves HTTP/2 or HTTP/1.1 (with upgrades). hyper's connection is
+    /// boxed: its state is a few KiB, and an idle HTTP/1 connection should
+    /// not also hold room for HTTP/2's.
+    fn serve<I>(self, io: I, h2: bool) -> Serving
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let first_request = Arc::new(Notify::new());
-        // HTTP/1: the connection's deadlines (hyper's header read timeout and
-        // its requests' timeouts) on one timer. HTTP/2 requests run in tasks
-        // of their own and keep tokio's.
-        let deadlines = (!h2).then(Deadlines::new);
+        // The connection's one timer: the first request's deadline and, on
+        // HTTP/1, hyper's header read timeout and its requests' timeouts.
+        // HTTP/2 requests run in tasks of their own and keep tokio's.
+        let deadlines = Deadlines::with_first_request_by(self.deadline.into_std());
         let client = ClientInfo {
-            deadlines: deadlines.clone(),
+            deadlines: (!h2).then(|| deadlines.clone()),
             ..self.client
         };
-        let service =
-            connection_service(self.app, client, first_request.clone(), self.lease.clone());
+        let service = connection_service(self.app, client, deadlines.clone(), self.lease.clone());
         let io = TokioIo::new(io);
-        let mut ends = Ends {
-            shutdown: self.shutdown,
-            lease: self.lease,
-            first_request,
-            deadline: self.deadline,
-            deadlines: None,
+        let (connection, limit): (Pin<Box<dyn Served>>, _) = if h2 {
+            let connection = self.protocols.http2.serve_connection(io, service);
+            let graceful = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
+            (
+                Box::pin(WithShutdown {
+                    connection,
+                    graceful,
+                }),
+                None,
+            )
+        } else {
+            let mut http1 = self.protocols.http1.clone();
+            let limit = self.protocols.header_read_timeout;
+            http1.timer(deadlines.clone()).header_read_timeout(limit);
+            let connection = http1.serve_connection(io, service).with_upgrades();
+            let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+            (
+                Box::pin(WithShutdown {
+                    connection,
+                    graceful,
+                }),
+                Some(limit),
+            )
         };
-        match deadlines {
-            None => {
-                let connection = Box::pin(self.protocols.http2.serve_connection(io, service));
-                let graceful = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
-                ends.drive(connection, graceful).await;
-            }
-            Some(deadlines) => {
-                let mut http1 = self.protocols.http1.clone();
-                http1
-                    .timer(deadlines.clone())
-                    .header_read_timeout(self.protocols.header_read_timeout);
-                ends.deadlines = Some((deadlines, self.protocols.header_read_timeout));
-                let connection = http1.serve_connection(io, service);
-                let connection = Box::pin(connection.with_upgrades());
-                let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-                ends.drive(connection, graceful).await;
+        Serving {
+            connection,
+            watch: deadlines.watch(limit),
+            drain: self.shutdown.wait(Phase::Draining),
+            close: self.shutdown.wait(Phase::Closing),
+            draining: false,
+            _lease: self.lease,
+            _open: self.open,
+        }
+    }
+}
+
+type Starting = Pin<Box<dyn Future<Output = Option<Serving>> + Send>>;
+
+pin_project! {
+    /// A connection's task: one future, whose state while serving is
+    /// [`Serving`]'s own.
+    #[project = TaskState]
+    enum Task {
+        Starting { starting: Starting },
+        Serving {
+            #[pin]
+            serving: Serving,
+        },
+    }
+}
+
+impl Future for Task {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                TaskState::Starting { starting } => match ready!(starting.as_mut().poll(cx)) {
+                    Some(serving) => self.set(Task::Serving { serving }),
+                    None => return Poll::Ready(()),
+                },
+                TaskState::Serving { serving } => return serving.poll(cx),
             }
         }
     }
 }
 
-/// What ends a connection besides its client: no first request by
-/// `deadline`, and the listener's `shutdown`: the drain, then the close at
-/// its end.
-struct Ends {
-    shutdown: Shutdown,
-    /// The connection's slot, held until it ends.
-    lease: Lease,
-    first_request: Arc<Notify>,
-    deadline: tokio::time::Instant,
-    /// HTTP/1: the connection's deadlines, and hyper's header read timeout.
-    deadlines: Option<(Deadlines, Duration)>,
+/// hyper's connection, either protocol, with its graceful shutdown: the
+/// connection's task is one type whatever it serves.
+trait Served: Future<Output = hyper::Result<()>> + Send {
+    /// Finishes the request in flight, answers it with `Connection: close`
+    /// (HTTP/1) or GOAWAY (HTTP/2), then ends.
+    fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl Ends {
-    /// Runs a connection until it ends. hyper's own header-read timeout only
-    /// starts once HTTP/1 has been told apart from HTTP/2, so a client that
-    /// sends nothing (or a slow HTTP/2 preface) would otherwise hold its slot
-    /// forever.
-    async fn drive<F, E>(self, mut connection: Pin<Box<F>>, graceful_shutdown: impl Fn(Pin<&mut F>))
-    where
-        F: Future<Output = Result<(), E>>,
-        E: std::fmt::Display,
-    {
-        let Ends {
-            shutdown,
-            lease: _slot,
-            first_request,
-            deadline,
-            deadlines,
-        } = self;
-        let timer = async {
-            match &deadlines {
-                Some((deadlines, limit)) => deadlines.watch(*limit).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(timer);
-        let deadline = async {
-            if tokio::time::timeout_at(deadline, first_request.notified())
-                .await
-                .is_ok()
-            {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::pin!(deadline);
-        // Made once, not at every pass of the loop, and cheap to poll again
-        // (src/shutdown.rs).
-        let mut drain = shutdown.wait(Phase::Draining);
-        let mut close = shutdown.wait(Phase::Closing);
-        let mut draining = false;
-        let result = loop {
-            // Biased: the connection is polled first, without a random
-            // draw on every wake-up; the other branches fire once at most.
-            tokio::select! {
-                biased;
-                result = connection.as_mut() => break result,
-                // Only wakes the task: hyper then finds its sleep due.
-                () = &mut timer => {}
-                () = &mut deadline => {
-                    tracing::debug!("no request within the header read timeout");
-                    return;
+pin_project! {
+    struct WithShutdown<F, G> {
+        #[pin]
+        connection: F,
+        graceful: G,
+    }
+}
+
+impl<F: Future, G> Future for WithShutdown<F, G> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().connection.poll(cx)
+    }
+}
+
+impl<F, G> Served for WithShutdown<F, G>
+where
+    F: Future<Output = hyper::Result<()>> + Send,
+    G: Fn(Pin<&mut F>) + Send,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        let this = self.project();
+        (this.graceful)(this.connection)
+    }
+}
+
+pin_project! {
+    /// A connection being served, and what ends it besides its client: no
+    /// first request by its deadline (hyper's own header read timeout only
+    /// starts once HTTP/1 has been told apart, and HTTP/2 has none), and the
+    /// listener's shutdown: the drain, then the close at its end.
+    ///
+    /// Written by hand, not as nested `async fn`s and `select!`: it is
+    /// polled at every wake-up of the task, several times a request, and
+    /// each of those kept a state of its own there (bench/NOTES.md).
+    struct Serving {
+        connection: Pin<Box<dyn Served>>,
+        #[pin]
+        watch: Watch,
+        // Made once and cheap to poll again (src/shutdown.rs).
+        drain: Wait,
+        close: Wait,
+        draining: bool,
+        // The connection's slot and its place in the open-connections
+        // gauge, held until it ends.
+        _lease: Lease,
+        _open: Option<OpenGuard>,
+    }
+}
+
+impl Future for Serving {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            if let Poll::Ready(result) = this.connection.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
                 }
-                // Finish the request in flight, answer it with `Connection:
-                // close` (HTTP/1) or GOAWAY (HTTP/2), then close.
-                () = &mut drain, if !draining => {
-                    draining = true;
-                    graceful_shutdown(connection.as_mut());
-                }
-                // Closing comes after draining: only polled from then on.
-                () = &mut close, if draining => {
-                    tracing::debug!("closed at the end of the shutdown drain");
-                    return;
-                }
+                return Poll::Ready(());
             }
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
+            // Wakes the task for a due deadline (hyper then finds its sleep
+            // due); resolves only when no request came in time.
+            if this.watch.as_mut().poll(cx).is_ready() {
+                tracing::debug!("no request within the header read timeout");
+                return Poll::Ready(());
+            }
+            if !*this.draining {
+                if Pin::new(&mut *this.drain).poll(cx).is_ready() {
+                    *this.draining = true;
+                    this.connection.as_mut().graceful_shutdown();
+                    // hyper may be done at once (an idle connection).
+                    continue;
+                }
+            } else if Pin::new(&mut *this.close).poll(cx).is_ready() {
+                tracing::debug!("closed at the end of the shutdown drain");
+                return Poll::Ready(());
+            }
+            return Poll::Pending;
         }
     }
 }
@@ -504,7 +567,7 @@ type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> 
 fn connection_service<C: Connections>(
     app: Arc<C>,
     client: ClientInfo,
-    first_request: Arc<Notify>,
+    deadlines: Deadlines,
     lease: Lease,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
@@ -516,7 +579,7 @@ fn connection_service<C: Connections>(
 + 'static {
     hyper::service::service_fn(
         move |mut request: hyper::Request<Incoming>| -> ResponseFuture {
-            first_request.notify_one();
+            deadlines.requested();
             // A tunnel outlives this connection's task: it takes over the slot.
             if request
                 .extensions()

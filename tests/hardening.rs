@@ -408,6 +408,14 @@ async fn http1_and_h2c_are_told_apart_even_when_the_first_bytes_trickle_in() {
     let mut frame_head = [0u8; 9];
     h2.read_exact(&mut frame_head).await.unwrap();
     assert_eq!(frame_head[3], 0x04, "a SETTINGS frame: {frame_head:?}");
+    // hyper has no header read timeout for HTTP/2: one that sends no
+    // request is closed at the first request's deadline all the same.
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), h2.read_to_end(&mut Vec::new())).await;
+    assert!(
+        closed.is_ok(),
+        "h2c connection without a request closed by the proxy"
+    );
     // One that sends part of it and then closes its side is not waited on
     // (nor spun on) until a header timeout far longer than this test.
     let patient = common::proxy(
