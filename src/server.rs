@@ -335,8 +335,8 @@ struct Connection<C> {
 
 impl<C: Connections> Connection<C> {
     /// The connection's task: its start (the protocol told apart, or the
-    /// TLS handshake), then serving. The start is boxed: it is over once
-    /// the first request comes, and TLS's is several KiB.
+    /// TLS handshake), then serving. The start is boxed: it is over before
+    /// the first request is read, and TLS's is several KiB.
     fn task(self, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) -> Task {
         let starting: Starting = match tls {
             None => Box::pin(self.start_plain(stream)),
@@ -348,36 +348,41 @@ impl<C: Connections> Connection<C> {
     /// Cleartext: HTTP/2 with prior knowledge or HTTP/1.1, told apart by
     /// the first bytes, within the first request's deadline.
     async fn start_plain(self, stream: TcpStream) -> Option<Serving> {
-        let peer = self.client.peer;
-        match tokio::time::timeout_at(self.deadline, starts_with_h2_preface(&stream)).await {
-            Ok(Ok(h2)) => Some(self.serve(stream, h2)),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "connection failed");
-                None
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "no request within the header read timeout");
-                None
-            }
-        }
+        let told = tokio::time::timeout_at(self.deadline, starts_with_h2_preface(&stream)).await;
+        let h2 = self.started(
+            told,
+            "connection failed",
+            "no request within the header read timeout",
+        )?;
+        Some(self.serve(stream, h2))
     }
 
     /// TLS: the handshake within the first request's deadline, then the
     /// protocol ALPN chose.
     async fn start_tls(self, stream: TcpStream, tls: Arc<rustls::ServerConfig>) -> Option<Serving> {
-        let peer = self.client.peer;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        match tokio::time::timeout_at(self.deadline, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                Some(self.serve(stream, h2))
-            }
+        let accepted = tokio::time::timeout_at(self.deadline, acceptor.accept(stream)).await;
+        let stream = self.started(accepted, "TLS handshake failed", "TLS handshake timed out")?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        Some(self.serve(stream, h2))
+    }
+
+    /// What a start gave, or `None` (logged) when it failed or ran out of time.
+    fn started<T>(
+        &self,
+        result: Result<io::Result<T>, tokio::time::error::Elapsed>,
+        failed: &str,
+        timed_out: &str,
+    ) -> Option<T> {
+        let peer = self.client.peer;
+        match result {
+            Ok(Ok(started)) => Some(started),
             Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                tracing::debug!(%peer, error = %e, "{failed}");
                 None
             }
             Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
+                tracing::debug!(%peer, "{timed_out}");
                 None
             }
         }
