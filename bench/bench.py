@@ -75,7 +75,8 @@ LUA_PORT = PORT_BASE + 8
 HAPROXY_PORT = PORT_BASE + 9
 FLOOR_POOL_PORT = PORT_BASE + 10
 FLOOR_DIRECT_PORT = PORT_BASE + 11
-PORTS_USED = 12
+FLOOR_EDIT_PORT = PORT_BASE + 12
+PORTS_USED = 13
 
 QUEUE = "bench-queue-0001"
 CONV = "c0ffee00-1111-4222-8333-444455556666"
@@ -107,12 +108,18 @@ TARGETS = [
 ]
 # The floor (bench/floor): a hyper reverse proxy with no features, forwarding the
 # pass-through path; it bounds what guestgate's pass-through can reach on hyper.
+# Row 10 does the intercepted route's job (serde_json: parse, drop `id`, set `to`,
+# serialize) and nothing else; it bounds the intercepted targets the same way.
 FLOOR_TARGETS = [
     ("floor_pool", "8. floor: hyper, pooled client (no features)", FLOOR_POOL_PORT, PASS_PATH),
     ("floor_direct", "9. floor: hyper, one upstream connection per client (no features)", FLOOR_DIRECT_PORT,
      PASS_PATH),
+    ("floor_edit", "10. floor: hyper + serde_json, the same edit, one upstream connection per client",
+     FLOOR_EDIT_PORT, MSG_PATH),
 ]
-FLOOR_MODE = {"floor_pool": "pool", "floor_direct": "direct"}
+FLOOR_MODE = {"floor_pool": "pool", "floor_direct": "direct", "floor_edit": "edit"}
+# The floor that bounds each guestgate row: the same job with nothing else.
+FLOOR_OF = {"gg_msg": "floor_edit", "gg_pass": "floor_direct"}
 if not NO_FLOOR:
     TARGETS += FLOOR_TARGETS
 LABEL = {t[0]: t[1] for t in TARGETS}
@@ -158,7 +165,7 @@ class Servers:
         self.floors = {}  # key -> Popen of the floor binary
 
     def start_floor(self, key, port, cpus):
-        """bench/floor: `floor LISTEN UPSTREAM pool|direct`, one current_thread runtime (one thread)."""
+        """bench/floor: `floor LISTEN UPSTREAM pool|direct|edit`, one current_thread runtime (one thread)."""
         logf = open(os.path.join(WORK, f"{key}.log"), "w")
         p = subprocess.Popen(taskset(cpus, [FLOOR, f"127.0.0.1:{port}", f"127.0.0.1:{UPSTREAM_PORT}",
                                             FLOOR_MODE[key]]), stdout=logf, stderr=subprocess.STDOUT)
@@ -371,7 +378,7 @@ def http_post(port, path, body, headers=None, timeout=5.0):
     return status, rest
 
 
-SANITIZING = ("njs", "gg_msg", "lua")
+SANITIZING = ("njs", "gg_msg", "lua", "floor_edit")
 
 
 def verify(targets=TARGETS):
@@ -550,6 +557,7 @@ PROFILE_TARGETS = [
     ("gg_msg", "guestgate, intercepted route", GG_PORT, MSG_PATH),
     ("gg_pass", "guestgate, pass-through route", GG_PORT, PASS_PATH),
     ("floor_direct", "floor, one upstream connection per client", FLOOR_DIRECT_PORT, PASS_PATH),
+    ("floor_edit", "floor doing the same edit, one upstream connection per client", FLOOR_EDIT_PORT, MSG_PATH),
 ]
 
 
@@ -616,13 +624,14 @@ def profiles():
         targets = PROFILE_TARGETS if not NO_FLOOR else PROFILE_TARGETS[:2]
         if not NO_FLOOR:
             servers.start_floor("floor_direct", FLOOR_DIRECT_PORT, PROXY_CPUS)
+            servers.start_floor("floor_edit", FLOOR_EDIT_PORT, PROXY_CPUS)
         problems, _ = verify(targets)
         if problems:
             raise SystemExit("profile: forwarding check failed:\n  " + "\n  ".join(problems))
         out = {}
         for key, _l, port, path in targets:
             wrk(key, port, path, 32, WARMUP)
-            pid = servers.floors["floor_direct"].pid if key == "floor_direct" else servers.gg.pid
+            pid = servers.floors[key].pid if key in servers.floors else servers.gg.pid
             out[key] = perf_profile(key, port, path, pid, PROFILE_SECS)
             log(f"profile {key}: {out[key] and out[key]['groups'][:4]}")
         return out, None
@@ -815,7 +824,7 @@ def profile_section(w, prof, note):
     w(f"`perf record -F 999` (self time, no call graphs) on the server's process for {PROFILE_SECS} s of wrk at "
       "c=32, each server alone on core 1 (the upstream, wrk and perf on core 0). guestgate is its `profiling` "
       "build (the release build with symbols, `cargo build --profile profiling`), started after the measured "
-      "rounds with the same settings; the floor (row 9) is the same binary as above. Shares are of the "
+      "rounds with the same settings; the floors (rows 9 and 10) are the same binary as above. Shares are of the "
       "server's own samples: `kernel` is the system calls and the loopback TCP they run (on loopback the "
       "sender also runs the receiver's TCP processing); in the binary, a function counts for its crate "
       "(generic std code for the crate it was instantiated for), so `guestgate` is guestgate's own code and "
@@ -913,12 +922,15 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     if NO_FLOOR:
         w("- The floor (bench/floor) was left out of this run (NO_FLOOR=1).")
     else:
-        w("- The floor (rows 8 and 9, `bench/floor`, built with `cargo build --release` by bench/run.sh): a "
-          "minimal hyper reverse proxy with no features (no routing, headers, sanitizing, logging, metrics or "
+        w("- The floor (rows 8 to 10, `bench/floor`, built with `cargo build --release` by bench/run.sh): a "
+          "minimal hyper reverse proxy with no features (no routing, headers, logging, metrics or "
           "limits; the request body collected, the response streamed back), one `current_thread` tokio runtime "
-          "on core 1 like the others, forwarding the pass-through path to the same shared upstream. "
+          "on core 1 like the others, forwarding to the same shared upstream. "
           "Row 8 goes through hyper-util's pooled client (`floor … pool`); row 9 gives each client connection "
-          "its own upstream connection over hyper's `client::conn::http1` (`floor … direct`). It is what a "
+          "its own upstream connection over hyper's `client::conn::http1` (`floor … direct`); both forward the "
+          "pass-through path. Row 10 is row 9 doing the intercepted route's job on its path (`floor … edit`: "
+          "serde_json with guestgate's features parses the body, drops `id`, sets `to` and serializes it; "
+          "anything but a JSON object gets a 400). It is what a "
           "hyper proxy reaches with nothing on top, measured in the same interleaved rounds, so it bounds the "
           "targets below: a target the floor misses too is beyond a featureless hyper proxy on this machine. "
           "Not in the multi-core section.")
@@ -994,6 +1006,10 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
             ("floor (direct) / nginx proxy_pass, req/s", rr("floor_direct", "nginx")),
             ("floor (pooled) / guestgate pass-through, CPU per request", rr("floor_pool", "gg_pass", "cpu_us")),
             ("floor (direct) / guestgate pass-through, CPU per request", rr("floor_direct", "gg_pass", "cpu_us")),
+            ("guestgate intercepted / floor (edit), req/s", rr("gg_msg", "floor_edit")),
+            ("floor (edit) / nginx+lua, req/s", rr("floor_edit", "lua")),
+            ("floor (edit) / nginx+njs, req/s", rr("floor_edit", "njs")),
+            ("floor (edit) / guestgate intercepted, CPU per request", rr("floor_edit", "gg_msg", "cpu_us")),
         ]
     for name, vals in ratio_rows:
         w(f"| {name} | " + " | ".join(fmt_ratio(v) for v in vals) + " |")
@@ -1027,7 +1043,7 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
               f"{cpu['gg_pass']:.1f} µs, nginx proxy_pass {cpu['nginx']:.1f} µs, nginx+njs {cpu['njs']:.1f} µs, "
               f"nginx+lua {cpu['lua']:.1f} µs, HAProxy {cpu['haproxy']:.1f} µs"
               + ("" if NO_FLOOR else f", floor pooled {cpu['floor_pool']:.1f} µs, floor direct "
-                                     f"{cpu['floor_direct']:.1f} µs") + " "
+                                     f"{cpu['floor_direct']:.1f} µs, floor edit {cpu['floor_edit']:.1f} µs") + " "
               f"(guestgate intercepted uses {cpu['gg_msg'] / cpu['nginx']:.2f}x nginx's CPU per request).")
     else:
         w("oha not available: fixed-rate latency not measured (wrk figures above are closed-loop).")
@@ -1119,11 +1135,13 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         w("| target | result | met? |")
         w("|---|---|:---:|")
     else:
-        w("For each throughput target not met, the last column gives what the floor (row 9, hyper with one "
-          "upstream connection per client and no features) reaches against the same reference in this run: "
-          "when the floor misses it too, the target is beyond a featureless hyper proxy here.")
+        w("For each throughput target not met, the last column gives what the floor reaches against the same "
+          "reference in this run: row 9 (hyper with one upstream connection per client and no features) for the "
+          "pass-through targets, row 10 (the same, doing the intercepted route's edit with serde_json) for the "
+          "intercepted ones. When the floor misses it too, the target is beyond a featureless hyper proxy doing "
+          "that job here.")
         w("")
-        w("| target | result | met? | bound (floor direct / reference) |")
+        w("| target | result | met? | bound (floor / reference) |")
         w("|---|---|:---:|---|")
     need = (32, 256)
 
@@ -1142,7 +1160,7 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
             return txt, "not measured" if not measured else "incomplete (rest yes)"
         return txt, "yes"
 
-    def bound(met, pairs, thr):
+    def bound(met, pairs, thr, floor="floor_direct"):
         """The floor's own ratio for an unmet throughput target (pairs: [(name, floor ratio or None)])."""
         if NO_FLOOR:
             return ""
@@ -1153,7 +1171,7 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         vals = [v for _n, v in pairs if v is not None]
         if not vals:
             return " not measured |"
-        txt = "floor direct reaches " + ", ".join(
+        txt = ("floor " if floor is None else f"floor {FLOOR_MODE[floor]} ") + "reaches " + ", ".join(
             f"{n}: {'not measured' if v is None else fmt_ratio(v)}" for n, v in pairs)
         below = [n for n, v in pairs if v is not None and v < thr]
         above = [n for n, v in pairs if v is not None and v >= thr]
@@ -1174,11 +1192,12 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     ):
         txt, met = judge13([(f"c={c}", ratio(at(a, c), at(b, c))) for c in need], thr)
         w(f"| {name} | {txt} | {met} |"
-          + bound(met, [(f"c={c}", ratio(at("floor_direct", c), at(b, c))) for c in need], thr))
+          + bound(met, [(f"c={c}", ratio(at(FLOOR_OF[a], c), at(b, c))) for c in need], thr, FLOOR_OF[a]))
     txt, met = judge13([(route, ratio(at(k, 256), at(k, 32))) for k, route in
                         (("gg_msg", "intercepted"), ("gg_pass", "pass-through"))], 0.9)
     w(f"| guestgate c=256 req/s ≥ 0.9x its own c=32 | {txt} | {met} |"
-      + bound(met, [("c=256 / c=32", ratio(at("floor_direct", 256), at("floor_direct", 32)))], 0.9))
+      + bound(met, [(f"{FLOOR_MODE[f]} c=256 / c=32", ratio(at(f, 256), at(f, 32)))
+                    for f in ("floor_direct", "floor_edit")], 0.9, None))
     na = "" if NO_FLOOR else " n/a |"
     fg, fp, fn = ((fixed.get(k) or {}).get("p99") for k in ("gg_msg", "gg_pass", "nginx"))
     if fg is not None and fn is not None:

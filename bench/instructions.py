@@ -16,10 +16,11 @@ set-up and shutdown. ROUNDS (default 2) repeats it all, interleaved, and
 the report gives each build's median and its ratio to the first.
 
 FLOOR (default target/bench/release/floor, which bench/run.sh builds; FLOOR=
-to skip) adds the floor of bench/floor (`direct`: hyper with one upstream
-connection per client, no features) on the pass-through route, counted the same
-way: the instructions a hyper proxy spends with nothing on top, so the report
-shows what guestgate adds.
+to skip) adds the floor of bench/floor, counted the same way: `direct` (hyper
+with one upstream connection per client, no features) on the pass-through
+route, `edit` (the same doing the intercepted route's edit with serde_json) on
+the intercepted one: the instructions a hyper proxy spends on the job with
+nothing on top, so the report shows what guestgate adds.
 
 What this does not see: the kernel (most of a request's CPU on loopback,
 bench/NOTES.md), cache misses and waiting. A change that saves instructions but
@@ -64,11 +65,15 @@ FLOOR = os.environ.get("FLOOR", os.path.join(rules.BENCH, "..", "target", "bench
 FLOOR_NAME = "floor"
 
 
-def start_floor(work, prefix):
-    """The floor (direct mode) on the proxy port, pinned to core 1, through `prefix`."""
+# The floor's mode for each route: the same job, nothing else.
+FLOOR_MODE = {rules.ROUTES[0][1]: "edit", rules.ROUTES[1][1]: "direct"}
+
+
+def start_floor(work, prefix, path):
+    """The floor, in the mode that does `path`'s job, on the proxy port, pinned to core 1, through `prefix`."""
     proc = subprocess.Popen(
         ["taskset", "-c", "1", *prefix, FLOOR, f"127.0.0.1:{rules.PROXY}",
-         f"127.0.0.1:{rules.UPSTREAM}", "direct"],
+         f"127.0.0.1:{rules.UPSTREAM}", FLOOR_MODE[path]],
         stdout=subprocess.DEVNULL,
     )
     rules.wait_port(rules.PROXY)
@@ -82,7 +87,7 @@ def instructions(binary, work, path, requests, conns):
     valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--branch-sim=no",
                 f"--cachegrind-out-file={out}", f"--log-file={work}/valgrind.log"]
     if binary is None:
-        proc = start_floor(work, valgrind)
+        proc = start_floor(work, valgrind, path)
     else:
         proc = rules.start_guestgate(binary, rules.SHORTHAND, work, 1, "1", prefix=valgrind)
     try:
@@ -110,11 +115,10 @@ def main():
     cases = list(rules.interleaved(ROUNDS, CONNS, builds))
     floor = bool(FLOOR) and os.path.exists(FLOOR)
     if floor:
-        # After each round's last pass-through case: the floor forwards, never edits.
-        pass_through = rules.ROUTES[1]
-        last = {(r, c): i for i, (r, c, route, *_) in enumerate(cases) if route == pass_through[0]}
-        for (round_, conns), i in sorted(last.items(), key=lambda kv: -kv[1]):
-            cases.insert(i + 1, (round_, conns, *pass_through, FLOOR_NAME, None))
+        # After each round's last case of a route: the floor doing that route's job.
+        last = {(r, c, route): (i, path) for i, (r, c, route, path, *_) in enumerate(cases)}
+        for (round_, conns, route), (i, path) in sorted(last.items(), key=lambda kv: -kv[1][0]):
+            cases.insert(i + 1, (round_, conns, route, path, FLOOR_NAME, None))
     try:
         for round_, conns, route, path, name, binary in cases:
             few = instructions(binary, work, path, FEW, conns)

@@ -19,7 +19,7 @@
 # PROFILE=0 (no profile section: perf on guestgate's profiling build and the
 # floor at c=32; PROFILE_SECS),
 # MC_CONNS (its concurrencies, default 32,256), NO_FLOOR=1 (do not build or
-# measure the floor rows), BENCH_PORT_BASE (default 18081, uses 12 ports).
+# measure the floor rows), BENCH_PORT_BASE (default 18081, uses 13 ports).
 set -euo pipefail
 
 BENCH_STARTED="${BENCH_STARTED:-$(date +%s)}"
