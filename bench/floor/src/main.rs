@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
@@ -64,11 +65,15 @@ async fn serve(listen: String, upstream: String, mode: Mode) -> Result<(), Error
         tokio::spawn(async move {
             let io = TokioIo::new(stream);
             let http1 = hyper::server::conn::http1::Builder::new();
-            let _ = if let Mode::Edit = mode {
-                let Ok(sender) = connect(&upstream).await else {
-                    return;
-                };
-                let sender = Arc::new(Mutex::new(sender));
+            let sender = match mode {
+                Mode::Pool => None,
+                Mode::Direct | Mode::Edit => match connect(&upstream).await {
+                    Ok(sender) => Some(Arc::new(Mutex::new(sender))),
+                    Err(_) => return,
+                },
+            };
+            let _ = if let (Mode::Edit, Some(sender)) = (mode, &sender) {
+                let sender = sender.clone();
                 let service = service_fn(move |request: Request<Incoming>| {
                     let sender = sender.clone();
                     async move {
@@ -83,32 +88,14 @@ async fn serve(listen: String, upstream: String, mode: Mode) -> Result<(), Error
                             .headers
                             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
                         let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
-                        let mut sender = sender.lock().await;
-                        sender.ready().await.map_err(|e| e.to_string())?;
-                        let response = sender
-                            .send_request(request)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        Ok(response.map(Either::Left))
+                        Ok(send(&sender, request).await?.map(Either::Left))
                     }
                 });
                 http1.serve_connection(io, service).await
-            } else if let Mode::Direct = mode {
-                let Ok(sender) = connect(&upstream).await else {
-                    return;
-                };
-                let sender = Arc::new(Mutex::new(sender));
+            } else if let Some(sender) = sender {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let sender = sender.clone();
-                    async move {
-                        let request = collected(request).await?;
-                        let mut sender = sender.lock().await;
-                        sender.ready().await.map_err(|e| e.to_string())?;
-                        sender
-                            .send_request(request)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
+                    async move { send(&sender, collected(request).await?).await }
                 });
                 http1.serve_connection(io, service).await
             } else {
@@ -134,6 +121,19 @@ async fn collected(request: Request<Incoming>) -> Result<Request<Full<Bytes>>, S
     Ok(Request::from_parts(parts, Full::new(body)))
 }
 
+/// One request over the client connection's own upstream connection.
+async fn send(
+    sender: &Mutex<SendRequest<Full<Bytes>>>,
+    request: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, String> {
+    let mut sender = sender.lock().await;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// The benchmark's sanitizing: `None` when the body is not a JSON object.
 fn edited(body: &[u8]) -> Option<Vec<u8>> {
     let Ok(Value::Object(mut message)) = serde_json::from_slice(body) else {
@@ -144,9 +144,7 @@ fn edited(body: &[u8]) -> Option<Vec<u8>> {
     serde_json::to_vec(&message).ok()
 }
 
-async fn connect(
-    upstream: &str,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, Error> {
+async fn connect(upstream: &str) -> Result<SendRequest<Full<Bytes>>, Error> {
     let stream = TcpStream::connect(upstream).await?;
     stream.set_nodelay(true)?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
