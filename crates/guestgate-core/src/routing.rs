@@ -366,7 +366,7 @@ impl RouteTemplate {
     /// and a trailing slash), the exact path to forward: the template's own
     /// spelling with the captured parameters. Nothing is allocated for a
     /// path that does not match.
-    pub fn matches(&self, path: &CanonicalPath) -> Option<String> {
+    pub fn matches<'a, 'b>(&'a self, path: &'b CanonicalPath) -> Option<String> {
         if path.segments.len() != self.segments.len() {
             return None;
         }
@@ -386,13 +386,15 @@ impl RouteTemplate {
         if !matched {
             return None;
         }
-        let mut out = String::with_capacity(96);
-        for (template, segment) in pairs() {
+        let spelled = |(template, segment): (&'a TemplateSegment, &'b Segment)| match template {
+            TemplateSegment::Literal(literal) => literal.as_str(),
+            TemplateSegment::Param(_) => path.bare(segment),
+        };
+        // Sized once: a path longer than a guess would grow and copy it.
+        let mut out = String::with_capacity(pairs().map(|pair| 1 + spelled(pair).len()).sum());
+        for pair in pairs() {
             out.push('/');
-            out.push_str(match template {
-                TemplateSegment::Literal(literal) => literal,
-                TemplateSegment::Param(_) => path.bare(segment),
-            });
+            out.push_str(spelled(pair));
         }
         Some(out)
     }
@@ -492,6 +494,16 @@ mod tests {
             "/api/v2/conversations/messaging/guest/conversations/c-1/;x/messages",
         ] {
             assert_eq!(route_of(raw), Ok(Some(CANON.to_owned())), "{raw}");
+        }
+    }
+
+    #[test]
+    fn the_forwarded_path_is_built_in_one_allocation() {
+        let id = "c0ffee00-1111-4222-8333-444455556666";
+        for raw in [CANON.to_owned(), CANON.replace("c-1", id)] {
+            let path = route_of(&raw).unwrap().unwrap();
+            assert_eq!(path, raw);
+            assert_eq!(path.capacity(), path.len(), "{raw}");
         }
     }
 
