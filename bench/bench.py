@@ -622,9 +622,9 @@ def profiles():
         servers.start_nginx("upstream", "upstream", UPSTREAM_PORT, LOADGEN_CPUS)
         servers.gg = servers.start_guestgate(GG_PORT, GG_ADMIN_PORT, PROXY_CPUS, 1, binary=PROFILED)
         targets = PROFILE_TARGETS if not NO_FLOOR else PROFILE_TARGETS[:2]
-        if not NO_FLOOR:
-            servers.start_floor("floor_direct", FLOOR_DIRECT_PORT, PROXY_CPUS)
-            servers.start_floor("floor_edit", FLOOR_EDIT_PORT, PROXY_CPUS)
+        for key, _l, port, _p in targets:
+            if key in FLOOR_MODE:
+                servers.start_floor(key, port, PROXY_CPUS)
         problems, _ = verify(targets)
         if problems:
             raise SystemExit("profile: forwarding check failed:\n  " + "\n  ".join(problems))
@@ -1160,8 +1160,9 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
             return txt, "not measured" if not measured else "incomplete (rest yes)"
         return txt, "yes"
 
-    def bound(met, pairs, thr, floor="floor_direct"):
-        """The floor's own ratio for an unmet throughput target (pairs: [(name, floor ratio or None)])."""
+    def bound(met, pairs, thr, floor):
+        """The floor's own ratio for an unmet throughput target (pairs: [(name, floor ratio or None)]);
+        `floor` names the floor, or is None when the pairs name theirs."""
         if NO_FLOOR:
             return ""
         if met == "yes":

@@ -72,44 +72,48 @@ async fn serve(listen: String, upstream: String, mode: Mode) -> Result<(), Error
                     Err(_) => return,
                 },
             };
-            let _ = if let (Mode::Edit, Some(sender)) = (mode, &sender) {
-                let sender = sender.clone();
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let sender = sender.clone();
-                    async move {
-                        let (mut parts, body) = request.into_parts();
-                        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-                        let Some(body) = edited(&body) else {
-                            let mut invalid = Response::new(Either::Right(Full::new(Bytes::new())));
-                            *invalid.status_mut() = StatusCode::BAD_REQUEST;
-                            return Ok::<_, String>(invalid);
-                        };
-                        parts
-                            .headers
-                            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-                        let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
-                        Ok(send(&sender, request).await?.map(Either::Left))
-                    }
-                });
-                http1.serve_connection(io, service).await
-            } else if let Some(sender) = sender {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let sender = sender.clone();
-                    async move { send(&sender, collected(request).await?).await }
-                });
-                http1.serve_connection(io, service).await
-            } else {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let (client, upstream) = (client.clone(), upstream.clone());
-                    async move {
-                        let mut request = collected(request).await?;
-                        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-                        let uri = format!("http://{upstream}{path}").parse::<Uri>();
-                        *request.uri_mut() = uri.map_err(|e| e.to_string())?;
-                        client.request(request).await.map_err(|e| e.to_string())
-                    }
-                });
-                http1.serve_connection(io, service).await
+            let _ = match (mode, sender) {
+                (Mode::Edit, Some(sender)) => {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let sender = sender.clone();
+                        async move {
+                            let (mut parts, body) = request.into_parts();
+                            let body = body.collect().await.map_err(|e| e.to_string())?;
+                            let Some(body) = edited(&body.to_bytes()) else {
+                                let mut invalid =
+                                    Response::new(Either::Right(Full::new(Bytes::new())));
+                                *invalid.status_mut() = StatusCode::BAD_REQUEST;
+                                return Ok::<_, String>(invalid);
+                            };
+                            parts
+                                .headers
+                                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                            let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
+                            Ok(send(&sender, request).await?.map(Either::Left))
+                        }
+                    });
+                    http1.serve_connection(io, service).await
+                }
+                (_, Some(sender)) => {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let sender = sender.clone();
+                        async move { send(&sender, collected(request).await?).await }
+                    });
+                    http1.serve_connection(io, service).await
+                }
+                (_, None) => {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (client, upstream) = (client.clone(), upstream.clone());
+                        async move {
+                            let mut request = collected(request).await?;
+                            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                            let uri = format!("http://{upstream}{path}").parse::<Uri>();
+                            *request.uri_mut() = uri.map_err(|e| e.to_string())?;
+                            client.request(request).await.map_err(|e| e.to_string())
+                        }
+                    });
+                    http1.serve_connection(io, service).await
+                }
             };
         });
     }
