@@ -284,21 +284,25 @@ impl<F: Future> Future for Timeout<F> {
     }
 }
 
-/// `future`, or [`Elapsed`] once `after` has passed: on the connection's
-/// timer when the request has one (HTTP/1), on tokio's otherwise. tokio's
-/// timer is boxed, so an HTTP/1 request's future carries no room for it.
+/// `future`, or [`Elapsed`] once `after` has passed since `from`: on the
+/// connection's timer when the request has one (HTTP/1), on tokio's
+/// otherwise. tokio's timer is boxed, so an HTTP/1 request's future carries
+/// no room for it. `from` is the caller's: a request path that has just
+/// read the clock does not read it again.
 pub fn timeout<F: Future>(
     deadlines: Option<&Deadlines>,
+    from: Instant,
     after: Duration,
     future: F,
 ) -> impl Future<Output = Result<F::Output, Elapsed>> + use<F> {
     match deadlines {
         Some(deadlines) => Either::Left(Timeout {
             future,
-            due: deadlines.due_at(Instant::now() + after),
+            due: deadlines.due_at(from + after),
         }),
         None => Either::Right(
-            Box::pin(tokio::time::timeout(after, future)).map(|r| r.map_err(|_| Elapsed)),
+            Box::pin(tokio::time::timeout_at((from + after).into(), future))
+                .map(|r| r.map_err(|_| Elapsed)),
         ),
     }
 }
@@ -341,6 +345,7 @@ mod tests {
         let waited = Instant::now();
         let bounded = timeout(
             Some(&deadlines),
+            waited,
             Duration::from_millis(100),
             std::future::pending::<()>(),
         );
@@ -359,7 +364,12 @@ mod tests {
     async fn a_future_done_in_time_is_not_cut_short() {
         let deadlines = Deadlines::new();
         let quick = tokio::time::sleep(Duration::from_millis(20));
-        let bounded = timeout(Some(&deadlines), Duration::from_secs(5), quick);
+        let bounded = timeout(
+            Some(&deadlines),
+            Instant::now(),
+            Duration::from_secs(5),
+            quick,
+        );
         let result = std::cell::Cell::new(None);
         due_with_watch(&deadlines, Duration::from_secs(10), async {
             result.set(Some(bounded.await));
@@ -369,6 +379,7 @@ mod tests {
         // Without a connection timer it is tokio's.
         let tokio_bounded = timeout(
             None,
+            Instant::now(),
             Duration::from_millis(20),
             std::future::pending::<()>(),
         );

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::connection::ClientInfo;
@@ -61,10 +61,15 @@ fn removable_bit(name: &str) -> u32 {
 /// describe one connection and are never forwarded.
 const HOP_BY_HOP: u32 = (1 << 8) - 1;
 
+/// `Host` in [`REMOVABLE`].
+const HOST_BIT: u32 = 1 << 10;
+
 /// Request headers never forwarded: hop-by-hop ones, `Upgrade` (put back
-/// for upgrade requests), `Expect` (answered here), `Host` (the client sets
-/// the upstream's) and method overrides.
-const REQUEST_DROPPED: u32 = (1 << 14) - 1;
+/// for upgrade requests), `Expect` (answered here) and method overrides.
+/// `Host` is the sending client's to set ([`crate::upstream::Upstream::send`]):
+/// the HTTP/1 pool overwrites it in place, one map lookup instead of a
+/// removal here and an insertion there.
+const REQUEST_DROPPED: u32 = ((1 << 14) - 1) & !HOST_BIT;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -89,18 +94,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes the headers of `set` (bits of [`REMOVABLE`], `Connection`
 /// among them) and those the Connection header names. One pass over the
 /// few headers a message has finds which of them are there, so only those
-/// are looked up again to be removed; the usual request has one (`Host`),
-/// the usual response one (`Connection: keep-alive`).
+/// are looked up again to be removed; the usual request has none, the
+/// usual response one (`Connection: keep-alive`).
 fn remove_all(headers: &mut HeaderMap, set: u32) {
     debug_assert!(set & 1 != 0);
-    let present = headers
+    let mut present = headers
         .keys()
         .fold(0, |present, name| present | removable_bit(name.as_str()))
         & set;
     if present == 0 {
         return;
     }
-    if present & 1 != 0 && !only_keep_alive(headers) {
+    if present & 1 != 0 && remove_keep_alive(headers) {
+        present &= !1;
+    } else if present & 1 != 0 {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter(|t| {
                 !REMOVABLE
@@ -121,18 +128,25 @@ fn remove_all(headers: &mut HeaderMap, set: u32) {
     }
 }
 
-/// True for the usual `Connection: keep-alive`, which names no header
-/// beyond the hop-by-hop ones: no need to read it token by token.
-fn only_keep_alive(headers: &HeaderMap) -> bool {
-    let mut lines = headers.get_all(header::CONNECTION).iter();
+/// Removes the usual `Connection: keep-alive`, which names no header beyond
+/// the hop-by-hop ones, with the one lookup that finds it; false (nothing
+/// removed) for any other `Connection`, which is then read token by token.
+fn remove_keep_alive(headers: &mut HeaderMap) -> bool {
+    let Ok(Entry::Occupied(connection)) = headers.try_entry(header::CONNECTION) else {
+        return false;
+    };
+    let mut lines = connection.iter();
     match (lines.next(), lines.next()) {
-        (Some(line), None) => line.as_bytes().eq_ignore_ascii_case(b"keep-alive"),
+        (Some(line), None) if line.as_bytes().eq_ignore_ascii_case(b"keep-alive") => {
+            connection.remove();
+            true
+        }
         _ => false,
     }
 }
 
 /// Rewrites a client request's headers for the upstream: hop-by-hop headers and
-/// method overrides removed, Host left to the client (it sets the upstream's),
+/// method overrides removed, Host left to the sending client (it sets the upstream's),
 /// X-Forwarded-For/-Proto/-Host added. Upgrade requests keep their Upgrade header.
 pub fn prepare_headers(
     headers: &mut HeaderMap,
@@ -180,20 +194,22 @@ pub fn prepare_headers(
 
 /// Appends `hop` to a list header, joining every line the client sent. A
 /// list with a line that is not visible ASCII or fails `valid` is replaced
-/// by `hop` alone.
+/// by `hop` alone. The name is looked up once, through its entry.
 fn append_hop(
     headers: &mut HeaderMap,
     name: HeaderName,
     hop: HeaderValue,
     valid: fn(&str) -> bool,
 ) {
-    let mut prior_lines = headers.get_all(&name).iter().peekable();
-    if prior_lines.peek().is_none() {
-        headers.insert(name, hop);
-        return;
-    }
+    let mut prior_lines = match headers.entry(name) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(hop);
+            return;
+        }
+        Entry::Occupied(prior_lines) => prior_lines,
+    };
     let mut list = String::new();
-    for prior in prior_lines {
+    for prior in prior_lines.iter() {
         match prior.to_str() {
             Ok(prior) if valid(prior) => {
                 let prior = prior.trim();
@@ -209,12 +225,12 @@ fn append_hop(
         }
     }
     if list.is_empty() {
-        headers.insert(name, hop);
+        prior_lines.insert(hop);
         return;
     }
     list.push_str(hop.to_str().unwrap_or_default());
     if let Ok(value) = HeaderValue::try_from(list) {
-        headers.insert(name, value);
+        prior_lines.insert(value);
     }
 }
 

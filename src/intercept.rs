@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -141,7 +142,7 @@ where
     let limit = generation.config.limits.max_body_bytes;
     let timeout = generation.config.limits.body_read_timeout;
     let collect = Limited::new(body, limit).collect();
-    deadline::timeout(deadlines, timeout, collect).map(move |read| match read {
+    deadline::timeout(deadlines, Instant::now(), timeout, collect).map(move |read| match read {
         Err(_) => Err(ProxyError::BodyTimeout(timeout.as_millis() as u64)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if is_length_limit(error.as_ref()) => {

@@ -92,16 +92,18 @@ impl Http1Pool {
     /// The usual case, an idle connection ready to take the request, hands
     /// it over here and the future only waits for the response head; waiting
     /// for a connection to become ready, or opening one, is boxed, so the
-    /// usual case does not carry room for it (`bench/NOTES.md`).
+    /// usual case does not carry room for it (`bench/NOTES.md`). `now`
+    /// tells which idle connections have expired.
     pub fn send(
         &self,
         mut request: Request<Body>,
+        now: Instant,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + use<> {
         request
             .headers_mut()
             .insert(http::header::HOST, self.shared.host.clone());
         let shared = self.shared.clone();
-        match shared.take_idle() {
+        match shared.take_idle(now) {
             Some(sender) if sender.is_ready() => Either::Left(send_ready(shared, sender, request)),
             idle => Either::Right(Box::pin(send_waiting(shared, idle, request))),
         }
@@ -170,12 +172,12 @@ fn pooled(
 
 impl Shared {
     /// The most recently idle connection still open, dropping expired ones.
-    fn take_idle(self: &Arc<Self>) -> Option<SendRequest<Body>> {
+    fn take_idle(self: &Arc<Self>, now: Instant) -> Option<SendRequest<Body>> {
         IDLE.with_borrow_mut(|pools| {
             let at = self.idle_list(pools)?;
             let idle = &mut pools[at].1;
             // Oldest first: the expired ones are at the front.
-            if let Some(expired) = Instant::now().checked_sub(self.idle_timeout) {
+            if let Some(expired) = now.checked_sub(self.idle_timeout) {
                 while idle.front().is_some_and(|c| c.since <= expired) {
                     idle.pop_front();
                 }

@@ -187,20 +187,17 @@ fn check_request(request: &Request) -> Result<(), ProxyError> {
 /// smuggling): Content-Length together with Transfer-Encoding, or several
 /// Content-Length values.
 fn check_framing(headers: &HeaderMap, version: Version) -> Result<(), ProxyError> {
-    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
-    if lengths > 1 {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(length) = lengths.next() else {
+        return Ok(());
+    };
+    if lengths.next().is_some() {
         return Err(ProxyError::Framing("repeated Content-Length"));
     }
-    if lengths == 1
-        && headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| v.contains(','))
-    {
+    if length.to_str().map_or(true, |v| v.contains(',')) {
         return Err(ProxyError::Framing("Content-Length with several values"));
     }
-    if version <= Version::HTTP_11 && lengths > 0 && headers.contains_key(header::TRANSFER_ENCODING)
-    {
+    if version <= Version::HTTP_11 && headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(ProxyError::Framing("Content-Length with Transfer-Encoding"));
     }
     Ok(())
@@ -311,8 +308,8 @@ fn exchange(
         deadlines,
         upgrading,
     } = forward;
-    let sending = generation.upstreams[upstream].send(outgoing, deadlines.as_ref());
     let started = Instant::now();
+    let sending = generation.upstreams[upstream].send(outgoing, deadlines.as_ref(), started);
     otel::send(traced, sending).map(move |result| {
         let mut response = result?;
         let took = started.elapsed();

@@ -249,25 +249,43 @@ impl Upstream {
 
     /// Sends a prepared request and waits for the response head. Only
     /// upgrade requests keep an `Upgrade` header (see [`prepare_headers`]).
+    /// The client's `Host` is replaced by the upstream's.
     ///
     /// Boxed, and owning what it uses: the exchange's state is a few
     /// hundred bytes, and every caller up to the connection would otherwise
     /// hold (and move) room for it.
     ///
-    /// The response timeout runs on the client connection's `deadlines`
+    /// The response timeout runs from `sent_at`, the caller's clock reading
+    /// for the exchange's latency, on the client connection's `deadlines`
     /// when it has them (HTTP/1).
-    pub fn send(&self, request: Request<Body>, deadlines: Option<&Deadlines>) -> Sending {
+    pub fn send(
+        &self,
+        mut request: Request<Body>,
+        deadlines: Option<&Deadlines>,
+        sent_at: Instant,
+    ) -> Sending {
         let upgrade = request.headers().contains_key(header::UPGRADE);
         let timeout = self.response_timeout;
         match &self.http1 {
-            Some(pool) if !upgrade => Box::pin(send_http1(request, pool, timeout, deadlines)),
+            Some(pool) if !upgrade => {
+                Box::pin(send_http1(request, pool, timeout, deadlines, sent_at))
+            }
             _ => {
+                // hyper-util's client sets the upstream's over HTTP/1;
+                // HTTP/2 carries it as `:authority`.
+                request.headers_mut().remove(header::HOST);
                 let client = if upgrade {
                     self.upgrades.clone()
                 } else {
                     self.client.clone()
                 };
-                Box::pin(send_pooled(request, client, timeout, deadlines.cloned()))
+                Box::pin(send_pooled(
+                    request,
+                    client,
+                    timeout,
+                    deadlines.cloned(),
+                    sent_at,
+                ))
             }
         }
     }
@@ -292,7 +310,9 @@ impl Upstream {
             let last = attempt >= retry.attempts;
             let delay = {
                 let started = Instant::now();
-                let result = self.send(attempt_request(request, last), deadlines).await;
+                let result = self
+                    .send(attempt_request(request, last), deadlines, started)
+                    .await;
                 metrics.upstream_latency(route, started.elapsed());
                 let retryable = match &result {
                     Ok(response) => retry.statuses.contains(&response.status().as_u16()),
@@ -338,11 +358,13 @@ fn send_http1(
     pool: &Http1Pool,
     timeout: Duration,
     deadlines: Option<&Deadlines>,
+    sent_at: Instant,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + use<> {
     if let Some(target) = request.uri().path_and_query().cloned() {
         *request.uri_mut() = Uri::from(target);
     }
-    deadline::timeout(deadlines, timeout, pool.send(request)).map(move |sent| settle(timeout, sent))
+    let sending = pool.send(request, sent_at);
+    deadline::timeout(deadlines, sent_at, timeout, sending).map(move |sent| settle(timeout, sent))
 }
 
 /// Over hyper-util's pooled client: `https` (HTTP/2 by ALPN) and upgrades.
@@ -351,6 +373,7 @@ async fn send_pooled(
     client: Client<HttpsConnector<HttpConnector>, Body>,
     timeout: Duration,
     deadlines: Option<Deadlines>,
+    sent_at: Instant,
 ) -> Result<Response<Body>, ProxyError> {
     let pending = async {
         match client.request(request).await {
@@ -361,7 +384,7 @@ async fn send_pooled(
     };
     settle(
         timeout,
-        deadline::timeout(deadlines.as_ref(), timeout, pending).await,
+        deadline::timeout(deadlines.as_ref(), sent_at, timeout, pending).await,
     )
 }
 

@@ -282,6 +282,13 @@ async fn upgrades_are_spliced_both_ways() {
     let head = upstream.await.unwrap().to_ascii_lowercase();
     assert!(head.contains("connection: upgrade"), "{head}");
     assert!(head.contains("upgrade: echo-proto"), "{head}");
+    // Upgrades go through hyper-util's client: the client's Host is not
+    // forwarded, the upstream's is.
+    assert_eq!(head.matches("\r\nhost: ").count(), 1, "{head}");
+    assert!(
+        head.contains(&format!("\r\nhost: {upstream_addr}\r\n")),
+        "{head}"
+    );
     drop(client);
     proxy.shutdown().await;
 }
