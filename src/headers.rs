@@ -1,7 +1,10 @@
 //! Header rewriting between client and upstream: hop-by-hop headers and
 //! method overrides removed, this hop added to the forwarding headers.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
+
+use bytes::BytesMut;
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -258,12 +261,52 @@ fn address_value(ip: IpAddr) -> HeaderValue {
                 text[len] = b'0' + octet % 10;
                 len += 1;
             }
-            HeaderValue::from_bytes(&text[..len]).expect("digits and dots are a header value")
+            chunked_value(&text[..len]).expect("digits and dots are a header value")
         }
         IpAddr::V6(ip) => {
             HeaderValue::try_from(ip.to_string()).expect("an IPv6 address is a header value")
         }
     }
+}
+
+/// A `Content-Length` value, written digit by digit into the thread's
+/// chunk ([`chunked_value`]); `HeaderValue::from(usize)` formats into an
+/// allocation of its own.
+pub fn length_value(length: usize) -> HeaderValue {
+    let mut text = [0u8; 20];
+    let mut start = text.len();
+    let mut rest = length;
+    loop {
+        start -= 1;
+        text[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    chunked_value(&text[start..]).expect("digits are a header value")
+}
+
+thread_local! {
+    /// Where [`chunked_value`] writes: the rest of this thread's last chunk.
+    static CHUNK: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(CHUNK_SIZE));
+}
+
+/// The size of the chunks that generated header values share.
+const CHUNK_SIZE: usize = 4096;
+
+/// A header value that guestgate writes for a request (its id, the client's
+/// address), copied into a chunk this thread shares between such values:
+/// no allocation of its own, and a clone is a reference count, where a
+/// value of its own is allocated, and allocated again when first cloned.
+/// A full chunk is replaced (or, once its values are dropped, reused) by
+/// `BytesMut`'s reserve, as hyper does with its read buffer.
+pub(crate) fn chunked_value(text: &[u8]) -> Result<HeaderValue, header::InvalidHeaderValue> {
+    CHUNK.with_borrow_mut(|chunk| {
+        chunk.reserve(text.len());
+        chunk.extend_from_slice(text);
+        HeaderValue::from_maybe_shared(chunk.split().freeze())
+    })
 }
 
 /// True when every quoted string in a `Forwarded` line is closed, so an
@@ -414,6 +457,24 @@ mod tests {
         }
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(address_value(v6), "2001:db8::1");
+    }
+
+    #[test]
+    fn lengths_are_written_as_display_writes_them() {
+        for length in [0, 7, 10, 99, 195, 1000, 65_536, 1 << 20, usize::MAX] {
+            assert_eq!(length_value(length), length.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn chunked_values_stay_apart_across_chunks() {
+        let values: Vec<HeaderValue> = (0..2 * CHUNK_SIZE / 7)
+            .map(|i| chunked_value(format!("v-{i:04}").as_bytes()).unwrap())
+            .collect();
+        for (i, value) in values.iter().enumerate() {
+            assert_eq!(value, format!("v-{i:04}").as_str());
+        }
+        assert!(chunked_value(b"bad\nvalue").is_err());
     }
 
     #[test]

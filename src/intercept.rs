@@ -69,9 +69,10 @@ pub fn intercept(
         Ok(encoding) => encoding,
         Err(error) => return Box::pin(future::ready(Err(error))),
     };
-    let headers = request.headers_mut();
-    headers.remove(header::CONTENT_ENCODING);
+    // Without an encoding to decode (none, or `identity`), [`edit`] removes
+    // the header with the others it rewrites.
     if let Some(encoding) = encoding {
+        let headers = request.headers_mut();
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
         return Box::pin(intercept_encoded(
             generation, index, rule, request, client, route_path,
@@ -229,7 +230,7 @@ fn edit(
         Some(value) => headers.insert(header::CONTENT_TYPE, value),
         None => headers.remove(header::CONTENT_TYPE),
     };
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(header::CONTENT_LENGTH, headers::length_value(body.len()));
     let method = canonical_method(parts.method);
     let traced = otel::ClientSpan::start(&method, &uri, &mut headers);
     let mut outgoing = Request::new(body);

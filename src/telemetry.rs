@@ -182,7 +182,7 @@ fn id(prefix: &[u8; 16], n: u64) -> HeaderValue {
     for (i, digit) in text[17..17 + digits].iter_mut().enumerate() {
         *digit = HEX[(n >> (4 * (digits - 1 - i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&text[..17 + digits]).expect("hex is a valid header value")
+    crate::headers::chunked_value(&text[..17 + digits]).expect("hex is a valid header value")
 }
 
 /// Wraps the handling of one request: keeps a sane incoming `X-Request-Id`
