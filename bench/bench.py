@@ -45,8 +45,8 @@ FIXED_SECS = int(os.environ.get("FIXED_SECS", "4" if QUICK else "5"))
 # (bench/NOTES.md), and a median of three is one round's figure.
 FIXED_ROUNDS = int(os.environ.get("FIXED_ROUNDS", "1" if QUICK else "5"))
 IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "1000"))
-GUESTGATE = os.environ.get("GUESTGATE_BIN", os.path.join(ROOT, "target/bench/release/guestgate"))
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target/bench"))
+GUESTGATE = os.environ.get("GUESTGATE_BIN", os.path.join(TARGET_DIR, "release/guestgate"))
 WORK = os.environ.get("BENCH_WORK", os.path.join(BENCH, ".work"))
 RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(BENCH, "results"))
 SKIP_CRITERION = os.environ.get("SKIP_CRITERION", "0") == "1"
