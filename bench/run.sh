@@ -9,7 +9,7 @@
 # libnginx-mod-http-echo, libnginx-mod-http-ndk + libnginx-mod-http-lua +
 # lua-cjson (the nginx+lua row), haproxy, wrk; crates.io: oha for the
 # fixed-rate latency run), builds guestgate and the floor (bench/floor, a
-# minimal hyper proxy: rows 8 and 9) in release mode into target/bench, then runs bench/bench.py, which starts everything on loopback,
+# minimal hyper proxy: rows 8 to 10) in release mode into target/bench, then runs bench/bench.py, which starts everything on loopback,
 # measures, and writes bench/results/<date>-<host>.md (and prints it).
 #
 # Knobs (environment): QUICK=1, ROUNDS, DURATION (s), CONNS (e.g. 1,32,256),
@@ -19,7 +19,8 @@
 # PROFILE=0 (no profile section: perf on guestgate's profiling build and the
 # floor at c=32; PROFILE_SECS),
 # MC_CONNS (its concurrencies, default 32,256), NO_FLOOR=1 (do not build or
-# measure the floor rows), BENCH_PORT_BASE (default 18081, uses 13 ports).
+# measure the floor rows), BENCH_PORT_BASE (default 18081, uses 13 ports),
+# CARGO_TARGET_DIR (default target/bench; builds and binaries both use it).
 set -euo pipefail
 
 BENCH_STARTED="${BENCH_STARTED:-$(date +%s)}"

@@ -5,7 +5,6 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 
 use bytes::BytesMut;
-
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
