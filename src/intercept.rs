@@ -72,8 +72,9 @@ pub fn intercept(
     // Without an encoding to decode (none, or `identity`), [`edit`] removes
     // the header with the others it rewrites.
     if let Some(encoding) = encoding {
-        let headers = request.headers_mut();
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        request
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
         return Box::pin(intercept_encoded(
             generation, index, rule, request, client, route_path,
         ));
