@@ -1196,11 +1196,12 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         ("pass-through req/s ≥ 1.0x nginx proxy_pass", "gg_pass", "nginx", 1.0),
         ("pass-through req/s ≥ 0.95x HAProxy", "gg_pass", "haproxy", 0.95),
     ):
-        txt, met = judge13([(f"c={c}", ratio(at(a, c), at(b, c))) for c in need], thr)
-        missed = [c for c in need if (ratio(at(a, c), at(b, c)) or thr) < thr]
+        results = [(f"c={c}", ratio(at(a, c), at(b, c))) for c in need]
+        txt, met = judge13(results, thr)
         w(f"| {name} | {txt} | {met} |"
           + bound(met, [(f"c={c}", ratio(at(FLOOR_OF[a], c), at(b, c))) for c in need], thr, FLOOR_OF[a],
-                  [(f"c={c}", ratio(at(a, c), at(FLOOR_OF[a], c))) for c in missed]))
+                  [(n, ratio(at(a, c), at(FLOOR_OF[a], c))) for c, (n, v) in zip(need, results)
+                   if v is not None and v < thr]))
     txt, met = judge13([(route, ratio(at(k, 256), at(k, 32))) for k, route in
                         (("gg_msg", "intercepted"), ("gg_pass", "pass-through"))], 0.9)
     w(f"| guestgate c=256 req/s ≥ 0.9x its own c=32 | {txt} | {met} |"
@@ -1222,7 +1223,7 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
             return " not measured |"
         txt = ", ".join(f"floor {n} {v * 1000:.2f} ms" for n, v in floors) + f" against nginx's {ref['p99'] * 1000:.2f} ms"
         meets = [n for n, v in floors if v <= ref["p99"]]
-        verdict = (f"the floor {' and '.join(meets)} meets it" if meets
+        verdict = (f"the floor {' and '.join(meets)} {'meets' if len(meets) == 1 else 'meet'} it" if meets
                    else "the floor misses it too: beyond a featureless hyper proxy")
         gr, nr = ([v for v in (src.get("p99_rounds") or []) if v is not None]
                   for src in (fixed.get("gg_msg") or {}, ref))
