@@ -12,21 +12,24 @@
 # wrk: both routes at c=32 and c=256, TRAIN_SECS each, on loopback) and the
 # optimizing pass. Compare them with bench/ab.py, bench/instructions.py, or
 # cachegrind's cache simulation. Needs what bench/run.sh installs (nginx, wrk)
-# and Debian's bolt-19, installed here if missing.
+# and Debian's bolt-$BOLT_VERSION (default 19), installed here if missing.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/bench-bolt}"
 OUT="${OUT:-$CARGO_TARGET_DIR/bolt}"
-BOLT="${BOLT:-llvm-bolt-19}"
+# Called by its path in the LLVM tree, llvm-bolt finds its instrumentation runtime
+# beside it (../lib); through /usr/bin's versioned link, version 19 looks in /usr/lib.
+BOLT_VERSION="${BOLT_VERSION:-19}"
+BOLT="/usr/lib/llvm-$BOLT_VERSION/bin/llvm-bolt"
 export DURATION="${TRAIN_SECS:-4}"
 
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
-if ! command -v "$BOLT" >/dev/null; then
+if [ ! -x "$BOLT" ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends bolt-19 >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "bolt-$BOLT_VERSION" >&2
 fi
 for tool in nginx wrk; do
   command -v "$tool" >/dev/null || { echo "bolt: $tool missing (bash bench/run.sh installs it)" >&2; exit 1; }
@@ -39,11 +42,8 @@ mkdir -p "$OUT"
 cp "$CARGO_TARGET_DIR/profiling/guestgate" "$OUT/guestgate-base"
 rm -f "$OUT"/profile.fdata*
 
-# Debian's llvm-bolt looks for its runtime under /usr/lib and joins the name
-# given here to that directory.
 "$BOLT" "$OUT/guestgate-base" -instrument -o "$OUT/guestgate-instrumented" \
-  -instrumentation-file="$OUT/profile.fdata" \
-  -runtime-instrumentation-lib=llvm-19/lib/libbolt_rt_instr.a >"$OUT/instrument.log" 2>&1
+  -instrumentation-file="$OUT/profile.fdata" >"$OUT/instrument.log" 2>&1
 
 echo "bolt: training on both routes, c=32 and c=256, ${DURATION} s each" >&2
 python3 - "$OUT/guestgate-instrumented" <<'EOF'
