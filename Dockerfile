@@ -7,11 +7,9 @@
 # The final image takes the binary from the stage named `binary`. To package a
 # binary built outside the container build (what deploy/test.sh does on a
 # machine that cannot pull base images), replace that stage with a directory
-# holding a file named `guestgate`:
+# holding a file named `guestgate`, built the same way:
 #
-#   RUSTFLAGS="-C target-feature=+crt-static" \
-#     cargo build --locked --release --target x86_64-unknown-linux-gnu
-#   mkdir -p /tmp/gg-bin && cp target/x86_64-unknown-linux-gnu/release/guestgate /tmp/gg-bin/
+#   bash deploy/build-binary.sh /tmp/gg-bin
 #   podman build --no-cache --format docker --build-context binary=/tmp/gg-bin -t guestgate .
 #
 # (`--build-context` is supported by docker buildx, podman >= 4.2 and
@@ -22,18 +20,22 @@ ARG RUST_VERSION=1.95
 # ---------------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
-# glibc static linking: rustls uses ring, there is no OpenSSL to link, and the
-# static glibc (>= 2.34) resolves host names through its built-in files/dns
-# NSS services, so the binary runs in an empty root filesystem.
+# deploy/build-binary.sh links glibc statically: rustls uses ring, there is no
+# OpenSSL to link, and the static glibc (>= 2.34) resolves host names through
+# its built-in files/dns NSS services, so the binary runs in an empty root
+# filesystem. It then lays the code out with Debian's BOLT (bolt-22, from
+# bookworm-security) from a training run on loopback (python3).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bolt-22 python3 \
+ && rm -rf /var/lib/apt/lists/*
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0 \
-    RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=/src=/build --remap-path-prefix=/usr/local/cargo=/cargo"
+    RUSTFLAGS="--remap-path-prefix=/src=/build --remap-path-prefix=/usr/local/cargo=/cargo"
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    target="$(uname -m)-unknown-linux-gnu" \
- && cargo build --locked --release --bin guestgate --target "$target" \
- && install -D -m 0755 "target/$target/release/guestgate" /out/guestgate
+    bash deploy/build-binary.sh /out
 
 # ---------------------------------------------------------------------------
 # The binary to ship. Override with `--build-context binary=<dir>`.

@@ -706,6 +706,14 @@ def criterion():
 
 # ---------------------------------------------------------------- report
 
+def describe_binary(path):
+    """How the measured guestgate was built: linking, and whether BOLT laid it out."""
+    linked = "dynamic" if "program interpreter" in run_out(["readelf", "-lW", path]).stdout else "static"
+    bolt = ", laid out by BOLT" if ".note.bolt_info" in run_out(["readelf", "-SW", path]).stdout else ""
+    shown = os.path.relpath(path, ROOT) if os.path.abspath(path).startswith(ROOT + os.sep) else path
+    return f"`{shown}` ({linked}{bolt})"
+
+
 def machine_info():
     cpu, fields = "?", {}
     for line in open("/proc/cpuinfo"):
@@ -756,6 +764,7 @@ def machine_info():
         "oha": first_line([oha, "--version"]) if os.path.exists(oha) else "not installed",
         "rustc": first_line(["rustc", "--version"]),
         "guestgate": f"{commit}{' + uncommitted src changes' if dirty.strip() else ''}",
+        "binary": describe_binary(GUESTGATE),
         "python": platform.python_version(),
     }
 
@@ -880,7 +889,7 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     w("| | |")
     w("|---|---|")
     for k, label in (("cpu", "CPU"), ("cores", "cores"), ("mem", "memory"), ("os", "OS"), ("kernel", "kernel"),
-                     ("guestgate", "guestgate commit"), ("rustc", "rustc"), ("nginx", "nginx"),
+                     ("guestgate", "guestgate commit"), ("binary", "guestgate binary"), ("rustc", "rustc"), ("nginx", "nginx"),
                      ("njs", "njs (libnginx-mod-http-js)"), ("lua", "libnginx-mod-http-lua"),
                      ("haproxy", "HAProxy"), ("wrk", "wrk"), ("oha", "oha")):
         w(f"| {label} | {info[k]} |")

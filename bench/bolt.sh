@@ -2,7 +2,9 @@
 # BOLT experiment (issue 13, bench/NOTES.md): guestgate's release code laid out
 # again by llvm-bolt from a profile of the bench's own load, to measure what the
 # instruction-cache misses cost (guestgate's are 2x the floor's for 1.3x its
-# instructions). The shipped build is not BOLT-optimized.
+# instructions). It works on the dynamically linked profiling build, for
+# cachegrind's symbols; what ships is deploy/build-binary.sh's static binary,
+# laid out the same way from its own training run (deploy/bolt-train.py).
 #
 #   bash bench/bolt.sh      writes $OUT/guestgate-base and $OUT/guestgate-bolt
 #

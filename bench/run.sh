@@ -8,8 +8,10 @@
 # Installs what it needs (Debian: nginx, linux-perf (the profile section), libnginx-mod-http-js (njs),
 # libnginx-mod-http-echo, libnginx-mod-http-ndk + libnginx-mod-http-lua +
 # lua-cjson (the nginx+lua row), haproxy, wrk; crates.io: oha for the
-# fixed-rate latency run), builds guestgate and the floor (bench/floor, a
-# minimal hyper proxy: rows 8 to 10) in release mode into target/bench, then runs bench/bench.py, which starts everything on loopback,
+# fixed-rate latency run), builds guestgate as the image ships it
+# (deploy/build-binary.sh: static glibc, laid out by BOLT; GUESTGATE_BIN=path
+# measures another build) and the floor (bench/floor, a minimal hyper proxy:
+# rows 8 to 10) into target/bench, then runs bench/bench.py, which starts everything on loopback,
 # measures, and writes bench/results/<date>-<host>.md (and prints it).
 #
 # Knobs (environment): QUICK=1, ROUNDS, DURATION (s), CONNS (e.g. 1,32,256),
@@ -60,8 +62,9 @@ fi
 # 1,000 idle connections and 256-connection runs need file descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-echo "bench: building guestgate (release) into $CARGO_TARGET_DIR" >&2
-cargo build --release --locked --bin guestgate >&2
+echo "bench: building the binary the image ships (deploy/build-binary.sh: static, BOLT) into $CARGO_TARGET_DIR" >&2
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR/static" bash "$ROOT/deploy/build-binary.sh" "$CARGO_TARGET_DIR/image" >&2
+export GUESTGATE_BIN="${GUESTGATE_BIN:-$CARGO_TARGET_DIR/image/guestgate}"
 if [ "${PROFILE:-1}" = 1 ]; then
   echo "bench: building guestgate (profiling: release with symbols) for the profile section" >&2
   cargo build --profile profiling --locked --bin guestgate >&2

@@ -206,16 +206,14 @@ main() {
   check "hadolint: Dockerfile has no findings" "$hadolint" Dockerfile
 
   # ------------------------------------------------------------ binary
-  local triple bin
-  triple="$(uname -m)-unknown-linux-gnu"
+  local bin
   if [ -n "${GUESTGATE_BIN:-}" ]; then
     bin="$GUESTGATE_BIN"
     log "using prebuilt binary $bin"
   else
-    log "building the static binary (target $triple, CARGO_TARGET_DIR=target/static)"
-    CARGO_TARGET_DIR="$ROOT/target/static" RUSTFLAGS="-C target-feature=+crt-static" \
-      cargo build --locked --release --bin guestgate --target "$triple"
-    bin="$ROOT/target/static/$triple/release/guestgate"
+    log "building the binary the image ships (deploy/build-binary.sh)"
+    bash "$ROOT/deploy/build-binary.sh" "$ROOT/target/static/image" || die "deploy/build-binary.sh failed"
+    bin="$ROOT/target/static/image/guestgate"
   fi
   [ -x "$bin" ] || die "no binary at $bin"
   mkdir -p "$WORK/bin"
@@ -224,6 +222,10 @@ main() {
     bash -c "! readelf -lW '$WORK/bin/guestgate' | grep -q 'program interpreter'"
   check "binary needs no shared library" \
     bash -c "! readelf -dW '$WORK/bin/guestgate' | grep -q NEEDED"
+  if [ -z "${GUESTGATE_BIN:-}" ]; then
+    check "binary is laid out by BOLT (deploy/build-binary.sh)" \
+      bash -c "readelf -SW '$WORK/bin/guestgate' | grep -q '\.note\.bolt_info'"
+  fi
 
   # ------------------------------------------------------------ image
   # The command docs/container.md documents. --format docker keeps HEALTHCHECK (the

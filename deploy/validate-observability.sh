@@ -10,7 +10,7 @@
 #    both rule files is in a live scrape of the real binary's /metrics
 #    (deploy/test/scrape_metrics.py, deploy/test/check_dashboard.py), and the
 #    checker fails on a dashboard naming a metric that does not exist.
-# The binary is the static release build the container test packages (built
+# The binary is the one the container image ships (deploy/build-binary.sh; built
 # here, so that test finds it done), or GUESTGATE_BIN. promtool comes from
 # Debian's prometheus package and PyYAML from deploy/requirements.txt, both
 # installed when missing (deploy/tools.sh). Ends with the line
@@ -69,16 +69,13 @@ check "promtool test rules deploy/prometheus/alerts.test.yml" \
   promtool test rules "$PROM/alerts.test.yml"
 
 # ------------------------------------------------------------ live scrape
-triple="$(uname -m)-unknown-linux-gnu"
 if [ -n "${GUESTGATE_BIN:-}" ]; then
   bin="$GUESTGATE_BIN"
   echo "using prebuilt binary $bin"
 else
-  echo "building the static binary (target $triple, CARGO_TARGET_DIR=target/static)"
-  (cd "$ROOT" && CARGO_TARGET_DIR="$ROOT/target/static" RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --quiet --locked --release --bin guestgate --target "$triple") \
-    || die "cargo build failed"
-  bin="$ROOT/target/static/$triple/release/guestgate"
+  echo "building the binary the image ships (deploy/build-binary.sh)"
+  bash "$ROOT/deploy/build-binary.sh" "$ROOT/target/static/image" || die "deploy/build-binary.sh failed"
+  bin="$ROOT/target/static/image/guestgate"
 fi
 [ -x "$bin" ] || die "no binary at $bin"
 
