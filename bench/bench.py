@@ -46,7 +46,8 @@ FIXED_SECS = int(os.environ.get("FIXED_SECS", "4" if QUICK else "5"))
 FIXED_ROUNDS = int(os.environ.get("FIXED_ROUNDS", "1" if QUICK else "5"))
 IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "1000"))
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target/bench"))
-GUESTGATE = os.environ.get("GUESTGATE_BIN", os.path.join(TARGET_DIR, "release/guestgate"))
+# The binary the image ships, as bench/run.sh builds it (deploy/build-binary.sh).
+GUESTGATE = os.environ.get("GUESTGATE_BIN", os.path.join(TARGET_DIR, "image/guestgate"))
 WORK = os.environ.get("BENCH_WORK", os.path.join(BENCH, ".work"))
 RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(BENCH, "results"))
 SKIP_CRITERION = os.environ.get("SKIP_CRITERION", "0") == "1"

@@ -46,6 +46,8 @@ compgen -G '/usr/lib/*/lua/5.1/cjson.so' >/dev/null || missing+=(lua-cjson)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
+# deploy/build-binary.sh's BOLT (it installs it too, but only as root).
+[ -n "${GUESTGATE_BIN:-}" ] || [ -x /usr/lib/llvm-22/bin/llvm-bolt ] || missing+=(bolt-22)
 [ "${PROFILE:-1}" != 1 ] || command -v perf >/dev/null || missing+=(linux-perf)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bench: installing ${missing[*]}" >&2
@@ -62,9 +64,11 @@ fi
 # 1,000 idle connections and 256-connection runs need file descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-echo "bench: building the binary the image ships (deploy/build-binary.sh: static, BOLT) into $CARGO_TARGET_DIR" >&2
-CARGO_TARGET_DIR="$CARGO_TARGET_DIR/static" bash "$ROOT/deploy/build-binary.sh" "$CARGO_TARGET_DIR/image" >&2
-export GUESTGATE_BIN="${GUESTGATE_BIN:-$CARGO_TARGET_DIR/image/guestgate}"
+if [ -z "${GUESTGATE_BIN:-}" ]; then
+  echo "bench: building the binary the image ships (deploy/build-binary.sh: static, BOLT) into $CARGO_TARGET_DIR" >&2
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/static" bash "$ROOT/deploy/build-binary.sh" "$CARGO_TARGET_DIR/image" >&2
+  export GUESTGATE_BIN="$CARGO_TARGET_DIR/image/guestgate"
+fi
 if [ "${PROFILE:-1}" = 1 ]; then
   echo "bench: building guestgate (profiling: release with symbols) for the profile section" >&2
   cargo build --profile profiling --locked --bin guestgate >&2

@@ -59,6 +59,8 @@ WS_MESSAGE = json.dumps(
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # (client connections, requests or frames per connection) for each phase.
 PHASES = [(32, 1000), (256, 125)]
+# A run takes seconds; one that hangs fails the build instead of stopping it.
+RUN_TIMEOUT_SECS = 300
 
 CONFIG = """
 [log]
@@ -370,10 +372,12 @@ class Proxies:
         # (and the signal handler's return, which BOLT cannot rewrite in
         # glibc) out of the profile.
         writers = [pid for proc in self.procs for pid in children(proc.pid)]
-        for proc in self.procs:
+        procs, self.procs = self.procs, []
+        for proc in procs:
             proc.kill()
             proc.wait()
-        self.procs = []
+        if self.profiles and len(writers) < len(procs):
+            raise Refused("an instrumented guestgate had no profile writer (is /proc readable?)")
         for _ in range(100):
             if not any(running(pid) for pid in writers):
                 return
@@ -383,18 +387,21 @@ class Proxies:
 
 async def run(binary, work, profiles, certs):
     upstream = Upstream()
-    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0, backlog=1024)
     origin = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     proxies = Proxies(binary, work, profiles)
     try:
         if certs is None:
-            await load(await proxies.start("plain", origin), None, upstream)
+            port, tls = await proxies.start("plain", origin), None
         else:
             inner = await proxies.start("inner", origin, certs)
-            outer = await proxies.start("outer", f"https://127.0.0.1:{inner}", certs)
+            port = await proxies.start("outer", f"https://127.0.0.1:{inner}", certs)
             tls = ssl.create_default_context(cafile=certs["ca.pem"])
             tls.set_alpn_protocols(["http/1.1"])
-            await load(outer, tls, upstream)
+        try:
+            await asyncio.wait_for(load(port, tls, upstream), RUN_TIMEOUT_SECS)
+        except asyncio.TimeoutError:
+            raise Refused(f"the load did not finish in {RUN_TIMEOUT_SECS} s") from None
     finally:
         await proxies.stop()
         server.close()

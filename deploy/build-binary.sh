@@ -22,24 +22,28 @@
 #  - static glibc runs neither DT_INIT nor DT_FINI, so the instrumentation
 #    starts from .init_array and writes its counters every second, without
 #    clearing them, instead of at exit (a file for each process, merged);
-#  - a few glibc functions with computed jumps cannot be rewritten; BOLT names
-#    them ("Consider adding this function to --skip-funcs") and they are left
-#    as they are. __res_context_query makes llvm-bolt crash instead, so it is
-#    named up front.
+#  - glibc's __res_context_query makes llvm-bolt crash, so it is left as it
+#    is; any function BOLT says it cannot rewrite ("Consider adding this
+#    function to --skip-funcs", as version 19 does for glibc's printf) is left
+#    out too, and BOLT run again.
 set -euo pipefail
 
+if [ -n "${1:-}" ]; then
+  OUT="$(mkdir -p "$1" && cd "$1" && pwd)"
+fi
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 # shellcheck source=deploy/tools.sh
 . deploy/tools.sh
-OUT="$(mkdir -p "${1:-$ROOT/target/static/image}" && cd "${1:-$ROOT/target/static/image}" && pwd)"
+OUT="${OUT:-$(mkdir -p "$ROOT/target/static/image" && cd "$ROOT/target/static/image" && pwd)}"
 BOLT="${BOLT:-1}"
 BOLT_VERSION="${BOLT_VERSION:-22}"
 # Called by its path in the LLVM tree, llvm-bolt finds its instrumentation runtime (../lib).
 LLVM_BOLT="/usr/lib/llvm-$BOLT_VERSION/bin/llvm-bolt"
 TRIPLE="$(uname -m)-unknown-linux-gnu"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/static}"
-SKIP_FUNCS="__res_context_query/1"
+# Regular expressions over BOLT's function names (a local function is NAME/N).
+SKIP_FUNCS="__res_context_query(/[0-9]+)?"
 MAX_SKIPPED=12
 
 log() { printf 'build-binary: %s\n' "$*" >&2; }
@@ -52,7 +56,17 @@ RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,--emit-relocs ${RUSTFLA
   cargo build --locked --release --bin guestgate --target "$TRIPLE" >&2
 BUILT="$CARGO_TARGET_DIR/$TRIPLE/release/guestgate"
 
-SOURCE="$(sha256sum "$BUILT" | cut -d' ' -f1) bolt=$BOLT-$BOLT_VERSION"
+if [ "$BOLT" != 0 ] && [ ! -x "$LLVM_BOLT" ]; then
+  log "installing Debian's bolt-$BOLT_VERSION"
+  deploy_apt_install --no-install-recommends "bolt-$BOLT_VERSION" \
+    || die "$LLVM_BOLT is missing: apt-get install bolt-$BOLT_VERSION (or BOLT=0)"
+fi
+
+# What the result depends on besides the build: these scripts and llvm-bolt's version.
+SOURCE="$(cat "$BUILT" deploy/build-binary.sh deploy/bolt-train.py | sha256sum | cut -d' ' -f1) bolt=$BOLT"
+if [ "$BOLT" != 0 ]; then
+  SOURCE="$SOURCE $("$LLVM_BOLT" --version | sed -n 's/.*LLVM version \([^ ]*\).*/\1/p' | head -1)"
+fi
 if [ -x "$OUT/guestgate" ] && [ "$(cat "$OUT/guestgate.source" 2>/dev/null)" = "$SOURCE" ]; then
   log "$OUT/guestgate is up to date"
   exit 0
@@ -62,11 +76,6 @@ rm -f "$OUT/guestgate" "$OUT/guestgate.new" "$OUT/guestgate.source"
 if [ "$BOLT" = 0 ]; then
   strip --strip-all -o "$OUT/guestgate" "$BUILT"
 else
-  if [ ! -x "$LLVM_BOLT" ]; then
-    log "installing Debian's bolt-$BOLT_VERSION"
-    deploy_apt_install --no-install-recommends "bolt-$BOLT_VERSION" \
-      || die "$LLVM_BOLT is missing: apt-get install bolt-$BOLT_VERSION (or BOLT=0)"
-  fi
   WORK="$(mktemp -d /tmp/guestgate-bolt.XXXXXX)"
   trap 'rm -rf "$WORK"' EXIT
 
@@ -79,8 +88,10 @@ else
       if "$LLVM_BOLT" "$BUILT" "$@" -skip-funcs="$SKIP_FUNCS" >"$WORK/$name.log" 2>&1; then
         return 0
       fi
-      func="$(sed -n -e 's/.* in function \([^ (]*\).*Consider adding this function to --skip-funcs.*/\1/p' \
-        -e 's/^End of Function "\(.*\)"$/\1/p' "$WORK/$name.log" | tail -1)"
+      # The name BOLT gives, without its alias count "(*N)", as a regular expression.
+      func="$(sed -n -e 's/.* in function \(.*\)\. Consider adding this function to --skip-funcs.*/\1/p' \
+        -e 's/^End of Function "\(.*\)"$/\1/p' "$WORK/$name.log" | tail -1 \
+        | sed -e 's/(\*[0-9]*)$//' -e 's/[][\.*^$+?(){}|]/\\&/g')"
       if [ -z "$func" ] || [[ ",$SKIP_FUNCS," == *",$func,"* ]]; then
         tail -20 "$WORK/$name.log" >&2
         die "llvm-bolt ($name) failed"
