@@ -25,15 +25,16 @@ build's builder stage.
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wire import free_port, ws_accept, ws_frame, ws_unmask  # noqa: E402  (deploy/wire.py)
 
 QUEUE = "train-queue-0001"
 GUEST_PATH = "/api/v2/conversations/messaging/guest/conversations/c0ffee00/messages"
@@ -56,7 +57,6 @@ WS_MESSAGE = json.dumps(
         "channel": {"metadata": {"customAttributes": {"vip": "yes"}}},
     }
 ).encode()
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # (client connections, requests or frames per connection) for each phase.
 PHASES = [(32, 1000), (256, 125)]
 # A run takes seconds; one that hangs fails the build instead of stopping it.
@@ -100,12 +100,6 @@ class Refused(Exception):
     """An answer the training did not expect."""
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def read_head(reader):
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -131,21 +125,6 @@ async def read_body(reader, headers):
     return b""
 
 
-def ws_frame(opcode, data, masked):
-    n = len(data)
-    bit = 0x80 if masked else 0
-    if n < 126:
-        head = bytes([0x80 | opcode, bit | n])
-    elif n < 65536:
-        head = bytes([0x80 | opcode, bit | 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([0x80 | opcode, bit | 127]) + n.to_bytes(8, "big")
-    if not masked:
-        return head + data
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(data))
-
-
 async def ws_read(reader):
     b0, b1 = await reader.readexactly(2)
     n = b1 & 0x7F
@@ -155,9 +134,7 @@ async def ws_read(reader):
         n = int.from_bytes(await reader.readexactly(8), "big")
     key = await reader.readexactly(4) if b1 & 0x80 else None
     data = await reader.readexactly(n)
-    if key:
-        data = bytes(b ^ key[i % 4] for i, b in enumerate(data))
-    return b0 & 0x0F, data
+    return b0 & 0x0F, ws_unmask(data, key) if key else data
 
 
 class Upstream:
@@ -204,22 +181,22 @@ class Upstream:
             self.connections.discard(asyncio.current_task())
 
     async def websocket(self, reader, writer, headers):
-        accept = base64.b64encode(hashlib.sha1(headers["sec-websocket-key"].encode() + WS_GUID).digest())
+        accept = ws_accept(headers["sec-websocket-key"])
         writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
-            b"sec-websocket-accept: " + accept + b"\r\n\r\n"
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+            f"sec-websocket-accept: {accept}\r\n\r\n".encode()
         )
         while True:
             opcode, data = await ws_read(reader)
             if opcode == 8:
-                writer.write(ws_frame(8, data[:2], masked=False))
+                writer.write(ws_frame(8, data[:2], mask=False))
                 await writer.drain()
                 return
             if opcode == 9:
-                writer.write(ws_frame(10, data, masked=False))
+                writer.write(ws_frame(10, data, mask=False))
             elif opcode == 1:
                 self.check("/v1", data)
-                writer.write(ws_frame(1, b'{"type":"message","class":"StructuredMessage","code":200}', masked=False))
+                writer.write(ws_frame(1, b'{"type":"message","class":"StructuredMessage","code":200}', mask=False))
             await writer.drain()
 
 
@@ -259,12 +236,12 @@ async def ws_client(port, tls, count):
         if status.split(" ")[1] != "101":
             raise Refused(f"GET /v1: {status}")
         for _ in range(count):
-            writer.write(ws_frame(1, WS_MESSAGE, masked=True))
+            writer.write(ws_frame(1, WS_MESSAGE, mask=True))
             await writer.drain()
             opcode, data = await ws_read(reader)
             if opcode != 1:
                 raise Refused(f"/v1 frame: opcode {opcode} {data[:100]!r}")
-        writer.write(ws_frame(8, (1000).to_bytes(2, "big"), masked=True))
+        writer.write(ws_frame(8, (1000).to_bytes(2, "big"), mask=True))
         await writer.drain()
         await ws_read(reader)
     finally:

@@ -19,7 +19,6 @@ addresses are used. Exits non-zero (with the proxy's log) if
 anything does not answer as expected.
 """
 import base64
-import hashlib
 import json
 import os
 import signal
@@ -34,14 +33,10 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wire import free_port, ws_accept, ws_frame, ws_unmask  # noqa: E402  (deploy/wire.py)
+
 UPSTREAM_TIMEOUT_MS = 300
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Bound for the script's life and never listening: connecting is refused, and no
@@ -69,25 +64,8 @@ def read_frame(f):
     mask = f.read(4) if masked else b""
     payload = f.read(length)
     if masked:
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        payload = ws_unmask(payload, mask)
     return opcode, payload
-
-
-def frame(opcode, payload, mask):
-    """One final WebSocket frame; masked as a client must."""
-    head = bytes([0x80 | opcode])
-    bit = 0x80 if mask else 0
-    n = len(payload)
-    if n < 126:
-        head += bytes([bit | n])
-    elif n < 1 << 16:
-        head += bytes([bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 class Upstream(BaseHTTPRequestHandler):
@@ -120,7 +98,7 @@ class Upstream(BaseHTTPRequestHandler):
 
     def _websocket(self):
         key = self.headers["Sec-WebSocket-Key"]
-        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        accept = ws_accept(key)
         self.send_response(101)
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
@@ -133,11 +111,11 @@ class Upstream(BaseHTTPRequestHandler):
             if opcode is None:
                 return
             if opcode == 8:
-                self.wfile.write(frame(8, payload[:2], mask=False))
+                self.wfile.write(ws_frame(8, payload[:2], mask=False))
                 self.wfile.flush()
                 return
             if opcode == 1:
-                self.wfile.write(frame(1, payload, mask=False))
+                self.wfile.write(ws_frame(1, payload, mask=False))
                 self.wfile.flush()
 
     do_GET = do_POST = _handle
@@ -233,17 +211,17 @@ def websocket_session(port):
         {"action": "onMessage", "token": "t", "message": {"id": "m1", "type": "Text"}},
         {"action": "echo", "token": "t"},
     ):
-        s.sendall(frame(1, json.dumps(msg).encode(), mask=True))
+        s.sendall(ws_frame(1, json.dumps(msg).encode(), mask=True))
         opcode, payload = read_frame(f)
         got.append((opcode, json.loads(payload) if opcode == 1 else payload))
     if got[0][0] != 1 or "id" in got[0][1].get("message", {}):
         raise RuntimeError(f"edited WebSocket message came back as {got[0]!r}")
-    s.sendall(frame(1, json.dumps({"action": "onMessage", "message": {}}).encode(), mask=True))
+    s.sendall(ws_frame(1, json.dumps({"action": "onMessage", "message": {}}).encode(), mask=True))
     opcode, payload = read_frame(f)
     code = struct.unpack("!H", payload[:2])[0] if opcode == 8 and len(payload) >= 2 else None
     if code != 1008:
         raise RuntimeError(f"refused WebSocket message: expected close 1008, got opcode {opcode} {payload!r}")
-    s.sendall(frame(8, payload[:2], mask=True))
+    s.sendall(ws_frame(8, payload[:2], mask=True))
     f.close()
     s.close()
 
@@ -338,7 +316,7 @@ def main():
         held, held_file = websocket_connect(ports["proxy"])
         proc.send_signal(signal.SIGTERM)
         wait_until("guestgate_ready 0 while draining", lambda: sample(scrape(ports["admin"]), "guestgate_ready") == 0)
-        held.sendall(frame(8, struct.pack("!H", 1000), mask=True))
+        held.sendall(ws_frame(8, struct.pack("!H", 1000), mask=True))
         held_file.close()
         held.close()
         print("reload counters start at 0; guestgate_ready is 1 when ready and 0 while draining")
