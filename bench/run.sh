@@ -66,8 +66,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ -z "${GUESTGATE_BIN:-}" ]; then
   echo "bench: building the binary the image ships (deploy/build-binary.sh: static, BOLT) into $CARGO_TARGET_DIR" >&2
-  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/static" bash "$ROOT/deploy/build-binary.sh" "$CARGO_TARGET_DIR/image" >&2
-  export GUESTGATE_BIN="$CARGO_TARGET_DIR/image/guestgate"
+  GUESTGATE_BIN="$(CARGO_TARGET_DIR="$CARGO_TARGET_DIR/static" bash "$ROOT/deploy/build-binary.sh" "$CARGO_TARGET_DIR/image")"
+  export GUESTGATE_BIN
 fi
 if [ "${PROFILE:-1}" = 1 ]; then
   echo "bench: building guestgate (profiling: release with symbols) for the profile section" >&2

@@ -6,10 +6,11 @@
 # The Dockerfile's builder stage, the shipping tests and bench/run.sh all build
 # it here, so they run what ships (bench/NOTES.md has the measurements).
 #
-#   bash deploy/build-binary.sh [OUT_DIR]    # writes OUT_DIR/guestgate
+#   bash deploy/build-binary.sh [OUT_DIR]    # writes OUT_DIR/guestgate, prints its path
 #
 # OUT_DIR defaults to target/static/image. A later call reuses OUT_DIR/guestgate
-# when cargo's output and BOLT setting are unchanged.
+# when cargo's output, these scripts, the BOLT setting and llvm-bolt's version
+# are unchanged. Everything else it says goes to stderr.
 #
 # Environment:
 #   BOLT=0             skip BOLT (the same static binary, stripped)
@@ -69,6 +70,7 @@ if [ "$BOLT" != 0 ]; then
 fi
 if [ -x "$OUT/guestgate" ] && [ "$(cat "$OUT/guestgate.source" 2>/dev/null)" = "$SOURCE" ]; then
   log "$OUT/guestgate is up to date"
+  echo "$OUT/guestgate"
   exit 0
 fi
 rm -f "$OUT/guestgate" "$OUT/guestgate.new" "$OUT/guestgate.source"
@@ -126,4 +128,4 @@ fi
 
 "$OUT/guestgate" --version >/dev/null || die "$OUT/guestgate does not run"
 echo "$SOURCE" >"$OUT/guestgate.source"
-log "$OUT/guestgate"
+echo "$OUT/guestgate"

@@ -207,14 +207,7 @@ main() {
 
   # ------------------------------------------------------------ binary
   local bin
-  if [ -n "${GUESTGATE_BIN:-}" ]; then
-    bin="$GUESTGATE_BIN"
-    log "using prebuilt binary $bin"
-  else
-    log "building the binary the image ships (deploy/build-binary.sh)"
-    bash "$ROOT/deploy/build-binary.sh" "$ROOT/target/static/image" || die "deploy/build-binary.sh failed"
-    bin="$ROOT/target/static/image/guestgate"
-  fi
+  bin="$(shipped_binary)" || die "deploy/build-binary.sh failed"
   [ -x "$bin" ] || die "no binary at $bin"
   mkdir -p "$WORK/bin"
   cp "$bin" "$WORK/bin/guestgate"

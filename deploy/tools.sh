@@ -6,7 +6,9 @@
 #    a venv at deploy/.venv (recreated when requirements.txt changes), never
 #    in the system Python (Debian's is externally managed, PEP 668). Sets
 #    DEPLOY_PY (the venv's python) and DEPLOY_BIN (its bin directory);
-#  - ensure_promtool: promtool from Debian's `prometheus` package, when missing.
+#  - ensure_promtool: promtool from Debian's `prometheus` package, when missing;
+#  - shipped_binary: prints the path of GUESTGATE_BIN, or of the binary the
+#    image ships, built by deploy/build-binary.sh (reused once built).
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DEPLOY_VENV="$DEPLOY_DIR/.venv"
@@ -49,4 +51,14 @@ ensure_promtool() {
   command -v promtool >/dev/null 2>&1 && return 0
   echo "deploy: installing Debian's prometheus package (for promtool)" >&2
   deploy_apt_install --no-install-recommends prometheus && command -v promtool >/dev/null 2>&1
+}
+
+shipped_binary() {
+  if [ -n "${GUESTGATE_BIN:-}" ]; then
+    echo "deploy: using prebuilt binary $GUESTGATE_BIN" >&2
+    echo "$GUESTGATE_BIN"
+    return 0
+  fi
+  echo "deploy: building the binary the image ships (deploy/build-binary.sh)" >&2
+  bash "$DEPLOY_DIR/build-binary.sh"
 }

@@ -69,14 +69,7 @@ check "promtool test rules deploy/prometheus/alerts.test.yml" \
   promtool test rules "$PROM/alerts.test.yml"
 
 # ------------------------------------------------------------ live scrape
-if [ -n "${GUESTGATE_BIN:-}" ]; then
-  bin="$GUESTGATE_BIN"
-  echo "using prebuilt binary $bin"
-else
-  echo "building the binary the image ships (deploy/build-binary.sh)"
-  bash "$ROOT/deploy/build-binary.sh" "$ROOT/target/static/image" || die "deploy/build-binary.sh failed"
-  bin="$ROOT/target/static/image/guestgate"
-fi
+bin="$(shipped_binary)" || die "deploy/build-binary.sh failed"
 [ -x "$bin" ] || die "no binary at $bin"
 
 check "the real binary serves every metric family under HTTP and WebSocket rules (scrape_metrics.py)" \
