@@ -77,7 +77,9 @@ HAPROXY_PORT = PORT_BASE + 9
 FLOOR_POOL_PORT = PORT_BASE + 10
 FLOOR_DIRECT_PORT = PORT_BASE + 11
 FLOOR_EDIT_PORT = PORT_BASE + 12
-PORTS_USED = 13
+FLOOR_LIFO_PORT = PORT_BASE + 13
+FLOOR_EDIT_LIFO_PORT = PORT_BASE + 14
+PORTS_USED = 15
 
 QUEUE = "bench-queue-0001"
 CONV = "c0ffee00-1111-4222-8333-444455556666"
@@ -109,18 +111,25 @@ TARGETS = [
 ]
 # The floor (bench/floor): a hyper reverse proxy with no features, forwarding the
 # pass-through path; it bounds what guestgate's pass-through can reach on hyper.
-# Row 10 does the intercepted route's job (serde_json: parse, drop `id`, set `to`,
-# serialize) and nothing else; it bounds the intercepted targets the same way.
+# Rows 10 and 12 do the intercepted route's job (serde_json: parse, drop `id`, set
+# `to`, serialize) and nothing else; they bound the intercepted targets the same way.
+# Rows 11 and 12 hold upstream connections as guestgate's pool does (src/pool.rs).
 FLOOR_TARGETS = [
     ("floor_pool", "8. floor: hyper, pooled client (no features)", FLOOR_POOL_PORT, PASS_PATH),
     ("floor_direct", "9. floor: hyper, one upstream connection per client (no features)", FLOOR_DIRECT_PORT,
      PASS_PATH),
     ("floor_edit", "10. floor: hyper + serde_json, the same edit, one upstream connection per client",
      FLOOR_EDIT_PORT, MSG_PATH),
+    ("floor_lifo", "11. floor: hyper, guestgate's pool (per-thread LIFO of idle upstream connections; no features)",
+     FLOOR_LIFO_PORT, PASS_PATH),
+    ("floor_edit_lifo", "12. floor: hyper + serde_json, the same edit, guestgate's pool", FLOOR_EDIT_LIFO_PORT,
+     MSG_PATH),
 ]
-FLOOR_MODE = {"floor_pool": "pool", "floor_direct": "direct", "floor_edit": "edit"}
-# The floor that bounds each guestgate row: the same job with nothing else.
-FLOOR_OF = {"gg_msg": "floor_edit", "gg_pass": "floor_direct"}
+FLOOR_MODE = {"floor_pool": "pool", "floor_direct": "direct", "floor_edit": "edit", "floor_lifo": "lifo",
+              "floor_edit_lifo": "edit-lifo"}
+# The floors that bound each guestgate row: the same job with nothing else. At each
+# concurrency the bound is the one of them with the most req/s in the run.
+FLOOR_OF = {"gg_msg": ("floor_edit", "floor_edit_lifo"), "gg_pass": ("floor_direct", "floor_lifo")}
 if not NO_FLOOR:
     TARGETS += FLOOR_TARGETS
 LABEL = {t[0]: t[1] for t in TARGETS}
@@ -166,7 +175,7 @@ class Servers:
         self.floors = {}  # key -> Popen of the floor binary
 
     def start_floor(self, key, port, cpus):
-        """bench/floor: `floor LISTEN UPSTREAM pool|direct|edit`, one current_thread runtime (one thread)."""
+        """bench/floor: `floor LISTEN UPSTREAM MODE` (FLOOR_MODE), one current_thread runtime (one thread)."""
         logf = open(os.path.join(WORK, f"{key}.log"), "w")
         p = subprocess.Popen(taskset(cpus, [FLOOR, f"127.0.0.1:{port}", f"127.0.0.1:{UPSTREAM_PORT}",
                                             FLOOR_MODE[key]]), stdout=logf, stderr=subprocess.STDOUT)
@@ -379,7 +388,7 @@ def http_post(port, path, body, headers=None, timeout=5.0):
     return status, rest
 
 
-SANITIZING = ("njs", "gg_msg", "lua", "floor_edit")
+SANITIZING = ("njs", "gg_msg", "lua", "floor_edit", "floor_edit_lifo")
 
 
 def verify(targets=TARGETS):
@@ -932,13 +941,16 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     if NO_FLOOR:
         w("- The floor (bench/floor) was left out of this run (NO_FLOOR=1).")
     else:
-        w("- The floor (rows 8 to 10, `bench/floor`, built with `cargo build --release` by bench/run.sh): a "
+        w("- The floor (rows 8 to 12, `bench/floor`, built with `cargo build --release` by bench/run.sh): a "
           "minimal hyper reverse proxy with no features (no routing, headers, logging, metrics or "
           "limits; the request body collected, the response streamed back), one `current_thread` tokio runtime "
           "on core 1 like the others, forwarding to the same shared upstream. "
           "Row 8 goes through hyper-util's pooled client (`floor … pool`); row 9 gives each client connection "
-          "its own upstream connection over hyper's `client::conn::http1` (`floor … direct`); both forward the "
-          "pass-through path. Row 10 is row 9 doing the intercepted route's job on its path (`floor … edit`: "
+          "its own upstream connection over hyper's `client::conn::http1` (`floor … direct`); row 11 keeps "
+          "idle upstream connections as guestgate's pool does (`floor … lifo`: a per-thread list, the most "
+          "recently idle taken first, given back when the response body ends); all three forward the "
+          "pass-through path. Rows 10 and 12 are rows 9 and 11 doing the intercepted route's job on its path "
+          "(`floor … edit`, `floor … edit-lifo`: "
           "serde_json with guestgate's features parses the body, drops `id`, sets `to` and serializes it; "
           "anything but a JSON object gets a 400). It is what a "
           "hyper proxy reaches with nothing on top, measured in the same interleaved rounds, so it bounds the "
@@ -1020,6 +1032,15 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
             ("floor (edit) / nginx+lua, req/s", rr("floor_edit", "lua")),
             ("floor (edit) / nginx+njs, req/s", rr("floor_edit", "njs")),
             ("floor (edit) / guestgate intercepted, CPU per request", rr("floor_edit", "gg_msg", "cpu_us")),
+            ("guestgate pass-through / floor (lifo), req/s", rr("gg_pass", "floor_lifo")),
+            ("floor (lifo) / nginx proxy_pass, req/s", rr("floor_lifo", "nginx")),
+            ("floor (lifo) / HAProxy, req/s", rr("floor_lifo", "haproxy")),
+            ("floor (lifo) / guestgate pass-through, CPU per request", rr("floor_lifo", "gg_pass", "cpu_us")),
+            ("guestgate intercepted / floor (edit-lifo), req/s", rr("gg_msg", "floor_edit_lifo")),
+            ("floor (edit-lifo) / nginx+lua, req/s", rr("floor_edit_lifo", "lua")),
+            ("floor (edit-lifo) / nginx+njs, req/s", rr("floor_edit_lifo", "njs")),
+            ("floor (edit-lifo) / guestgate intercepted, CPU per request",
+             rr("floor_edit_lifo", "gg_msg", "cpu_us")),
         ]
     for name, vals in ratio_rows:
         w(f"| {name} | " + " | ".join(fmt_ratio(v) for v in vals) + " |")
@@ -1053,7 +1074,9 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
               f"{cpu['gg_pass']:.1f} µs, nginx proxy_pass {cpu['nginx']:.1f} µs, nginx+njs {cpu['njs']:.1f} µs, "
               f"nginx+lua {cpu['lua']:.1f} µs, HAProxy {cpu['haproxy']:.1f} µs"
               + ("" if NO_FLOOR else f", floor pooled {cpu['floor_pool']:.1f} µs, floor direct "
-                                     f"{cpu['floor_direct']:.1f} µs, floor edit {cpu['floor_edit']:.1f} µs") + " "
+                                     f"{cpu['floor_direct']:.1f} µs, floor edit {cpu['floor_edit']:.1f} µs, "
+                                     f"floor lifo {cpu['floor_lifo']:.1f} µs, floor edit-lifo "
+                                     f"{cpu['floor_edit_lifo']:.1f} µs") + " "
               f"(guestgate intercepted uses {cpu['gg_msg'] / cpu['nginx']:.2f}x nginx's CPU per request).")
     else:
         w("oha not available: fixed-rate latency not measured (wrk figures above are closed-loop).")
@@ -1146,9 +1169,11 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         w("|---|---|:---:|")
     else:
         w("For each target not met, the last column gives what the floor reaches against the same "
-          "reference in this run: row 9 (hyper with one upstream connection per client and no features) for the "
-          "pass-through targets, row 10 (the same, doing the intercepted route's edit with serde_json) for the "
-          "intercepted ones, and both for the fixed-rate p99. When the floor misses it too, the target is beyond a "
+          "reference in this run, at each concurrency the faster of the two floors doing the same job (named in "
+          "brackets): rows 9 and 11 (hyper with no features, one upstream connection per client or guestgate's "
+          "pool) for the pass-through targets, rows 10 and 12 (the same, doing the intercepted route's edit with "
+          "serde_json) for the intercepted ones, and all four for the fixed-rate p99. When the floor misses it "
+          "too, the target is beyond a "
           "featureless hyper proxy doing that job here; when it meets it, guestgate's req/s against the floor's "
           "is the distance that is guestgate's own.")
         w("")
@@ -1170,6 +1195,10 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         if len(measured) < len(pairs):
             return txt, "not measured" if not measured else "incomplete (rest yes)"
         return txt, "yes"
+
+    def best_floor(key, c):
+        """Of the floors doing guestgate row `key`'s job, the one with the most req/s at `c`."""
+        return max(FLOOR_OF[key], key=lambda f: at(f, c) or 0)
 
     def bound(met, pairs, thr, floor, own=()):
         """The floor's own ratio for an unmet throughput target (pairs: [(name, floor ratio or None)]);
@@ -1208,15 +1237,16 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     ):
         results = [(f"c={c}", ratio(at(a, c), at(b, c))) for c in need]
         txt, met = judge13(results, thr)
+        floors = [(c, best_floor(a, c)) for c in need]
         w(f"| {name} | {txt} | {met} |"
-          + bound(met, [(f"c={c}", ratio(at(FLOOR_OF[a], c), at(b, c))) for c in need], thr, FLOOR_OF[a],
-                  [(n, ratio(at(a, c), at(FLOOR_OF[a], c))) for c, (n, v) in zip(need, results)
-                   if v is not None and v < thr]))
+          + bound(met, [(f"c={c} ({FLOOR_MODE[f]})", ratio(at(f, c), at(b, c))) for c, f in floors], thr, None,
+                  [(f"c={c} ({FLOOR_MODE[f]})", ratio(at(a, c), at(f, c)))
+                   for (c, f), (_n, v) in zip(floors, results) if v is not None and v < thr]))
     txt, met = judge13([(route, ratio(at(k, 256), at(k, 32))) for k, route in
                         (("gg_msg", "intercepted"), ("gg_pass", "pass-through"))], 0.9)
     w(f"| guestgate c=256 req/s ≥ 0.9x its own c=32 | {txt} | {met} |"
       + bound(met, [(f"{FLOOR_MODE[f]} c=256 / c=32", ratio(at(f, 256), at(f, 32)))
-                    for f in ("floor_direct", "floor_edit")], 0.9, None))
+                    for f in FLOOR_OF["gg_pass"] + FLOOR_OF["gg_msg"]], 0.9, None))
     na = "" if NO_FLOOR else " n/a |"
 
     def p99_bound(met):
@@ -1227,7 +1257,7 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         if met:
             return " – (met) |"
         ref = fixed.get("nginx") or {}
-        floors = [(FLOOR_MODE[f], (fixed.get(f) or {}).get("p99")) for f in ("floor_edit", "floor_direct")]
+        floors = [(FLOOR_MODE[f], (fixed.get(f) or {}).get("p99")) for f in FLOOR_OF["gg_msg"] + FLOOR_OF["gg_pass"]]
         floors = [(n, v) for n, v in floors if v is not None]
         if not floors:
             return " not measured |"

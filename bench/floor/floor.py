@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The floor experiment (see bench/NOTES.md): CPU per request of a minimal hyper
 proxy against nginx proxy_pass and guestgate, measured like bench.py (server on
-core 1 with one worker, wrk with 32 keep-alive connections and the shared nginx
-upstream on core 0), rounds interleaved. Prints a markdown table.
+core 1 with one worker, wrk with keep-alive connections and the shared nginx
+upstream on core 0), rounds interleaved. Prints a markdown table, one row per
+server and concurrency (CONNS, default 32; e.g. CONNS=32,256).
 
 usage: floor.py FLOOR_BIN GUESTGATE_BIN [ROUNDS]
 """
@@ -19,6 +20,7 @@ import time
 BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOOR, GUESTGATE = sys.argv[1], sys.argv[2]
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+CONNS = [int(c) for c in os.environ.get("CONNS", "32").split(",")]
 UPSTREAM, PROXY = 19281, 19284
 MSG = "/api/v2/conversations/messaging/guest/conversations/bench-conv/messages"
 WORK = tempfile.mkdtemp(prefix="guestgate-floor-")
@@ -57,8 +59,8 @@ def cpu_ticks(pid):
     return total
 
 
-def wrk(path, seconds):
-    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{seconds}s", "-s",
+def wrk(path, seconds, conns):
+    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-s",
                           os.path.join(BENCH, "lib", "post.lua"), f"http://127.0.0.1:{PROXY}{path}"],
                          env={**os.environ, "BENCH_BODY_FILE": os.path.join(BENCH, "lib", "message.json")},
                          capture_output=True, text=True).stdout
@@ -71,6 +73,8 @@ gg_env = {**os.environ, "GUESTGATE__SERVER__LISTEN": f"127.0.0.1:{PROXY}",
 TARGETS = [
     ("nginx proxy_pass", nginx_conf("proxy", PROXY), None, MSG),
     ("floor: hyper + hyper-util pooled client", [FLOOR, f"127.0.0.1:{PROXY}", f"127.0.0.1:{UPSTREAM}", "pool"], None, MSG),
+    ("floor: hyper, a per-thread LIFO of idle upstream connections (guestgate's pool)",
+     [FLOOR, f"127.0.0.1:{PROXY}", f"127.0.0.1:{UPSTREAM}", "lifo"], None, MSG),
     ("floor: hyper, one upstream connection per client connection",
      [FLOOR, f"127.0.0.1:{PROXY}", f"127.0.0.1:{UPSTREAM}", "direct"], None, MSG),
     ("guestgate, pass-through route", [GUESTGATE], gg_env, "/api/v2/bench/other"),
@@ -79,19 +83,20 @@ TARGETS = [
 
 hz = os.sysconf("SC_CLK_TCK")
 upstream = start(nginx_conf("upstream", UPSTREAM), "0")
-results = {t[0]: [] for t in TARGETS}
+results = {(t[0], c): [] for t in TARGETS for c in CONNS}
 try:
     for rnd in range(ROUNDS):
         for name, cmd, env, path in TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)]:
             p = start(cmd, "1", env)
             try:
-                wrk(path, 1)
-                before = cpu_ticks(p.pid)
-                n, non2xx = wrk(path, 6)
-                used = (cpu_ticks(p.pid) - before) / hz
-                if non2xx:
-                    raise SystemExit(f"{name}: non-2xx answers")
-                results[name].append((n / 6, used / n * 1e6))
+                for conns in CONNS:
+                    wrk(path, 1, conns)
+                    before = cpu_ticks(p.pid)
+                    n, non2xx = wrk(path, 6, conns)
+                    used = (cpu_ticks(p.pid) - before) / hz
+                    if non2xx:
+                        raise SystemExit(f"{name}: non-2xx answers")
+                    results[(name, conns)].append((n / 6, used / n * 1e6))
             finally:
                 p.terminate()
                 p.wait()
@@ -99,8 +104,10 @@ try:
 finally:
     upstream.terminate()
 
-print(f"| server (core 1, one worker; wrk -c32) | req/s | CPU µs per request |\n|---|---:|---:|")
-for name, *_ in TARGETS:
-    rps = statistics.median(r[0] for r in results[name])
-    cpu = statistics.median(r[1] for r in results[name])
-    print(f"| {name} | {rps:,.0f} | {cpu:.1f} |")
+print(f"{ROUNDS} interleaved rounds of 6 s; medians [min-max]\n")
+print("| server (core 1, one worker) | wrk -c | req/s | CPU µs per request |\n|---|---:|---:|---:|")
+for conns in CONNS:
+    for name, *_ in TARGETS:
+        rps = [r[0] for r in results[(name, conns)]]
+        cpu = statistics.median(r[1] for r in results[(name, conns)])
+        print(f"| {name} | {conns} | {statistics.median(rps):,.0f} [{min(rps):,.0f}-{max(rps):,.0f}] | {cpu:.1f} |")
