@@ -11,7 +11,7 @@
 # fixed-rate latency run), builds guestgate as the image ships it
 # (deploy/build-binary.sh: static glibc, laid out by BOLT; GUESTGATE_BIN=path
 # measures another build) and the floor (bench/floor, a minimal hyper proxy:
-# rows 8 to 10) into target/bench, then runs bench/bench.py, which starts everything on loopback,
+# rows 8 to 12) into target/bench, then runs bench/bench.py, which starts everything on loopback,
 # measures, and writes bench/results/<date>-<host>.md (and prints it).
 #
 # Knobs (environment): QUICK=1, ROUNDS, DURATION (s), CONNS (e.g. 1,32,256),
@@ -21,7 +21,7 @@
 # PROFILE=0 (no profile section: perf on guestgate's profiling build and the
 # floor at c=32; PROFILE_SECS),
 # MC_CONNS (its concurrencies, default 32,256), NO_FLOOR=1 (do not build or
-# measure the floor rows), BENCH_PORT_BASE (default 18081, uses 13 ports),
+# measure the floor rows), BENCH_PORT_BASE (default 18081, uses 15 ports),
 # CARGO_TARGET_DIR (default target/bench; builds and binaries both use it).
 set -euo pipefail
 
