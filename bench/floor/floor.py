@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The floor experiment (see bench/NOTES.md): CPU per request of a minimal hyper
+"""The floor experiment (see bench/NOTES.md): CPU per request (user and system) of a minimal hyper
 proxy against nginx proxy_pass and guestgate, measured like bench.py (server on
 core 1 with one worker, wrk with keep-alive connections and the shared nginx
 upstream on core 0), rounds interleaved. Prints a markdown table, one row per
@@ -51,12 +51,13 @@ def start(cmd, core, env=None):
 
 
 def cpu_ticks(pid):
-    """utime + stime of a process (all threads) and its children (nginx workers)."""
-    total = 0
+    """(utime, stime) of a process (all threads) and its children (nginx workers)."""
+    user = system = 0
     for p in [pid] + [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]:
         fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total
+        user += int(fields[11])
+        system += int(fields[12])
+    return user, system
 
 
 def wrk(path, seconds, conns):
@@ -93,10 +94,10 @@ try:
                     wrk(path, 1, conns)
                     before = cpu_ticks(p.pid)
                     n, non2xx = wrk(path, 6, conns)
-                    used = (cpu_ticks(p.pid) - before) / hz
+                    user, system = (t1 - t0 for t0, t1 in zip(before, cpu_ticks(p.pid)))
                     if non2xx:
                         raise SystemExit(f"{name}: non-2xx answers")
-                    results[(name, conns)].append((n / 6, used / n * 1e6))
+                    results[(name, conns)].append((n / 6, user / hz / n * 1e6, system / hz / n * 1e6))
             finally:
                 p.terminate()
                 p.wait()
@@ -105,9 +106,13 @@ finally:
     upstream.terminate()
 
 print(f"{ROUNDS} interleaved rounds of 6 s; medians [min-max]\n")
-print("| server (core 1, one worker) | wrk -c | req/s | CPU µs per request |\n|---|---:|---:|---:|")
+print("| server (core 1, one worker) | wrk -c | req/s | CPU µs per request | of it user | of it system |\n"
+      "|---|---:|---:|---:|---:|---:|")
 for conns in CONNS:
     for name, *_ in TARGETS:
-        rps = [r[0] for r in results[(name, conns)]]
-        cpu = statistics.median(r[1] for r in results[(name, conns)])
-        print(f"| {name} | {conns} | {statistics.median(rps):,.0f} [{min(rps):,.0f}-{max(rps):,.0f}] | {cpu:.1f} |")
+        runs = results[(name, conns)]
+        rps = [r[0] for r in runs]
+        user, system = (statistics.median(r[i] for r in runs) for i in (1, 2))
+        cpu = statistics.median(r[1] + r[2] for r in runs)
+        print(f"| {name} | {conns} | {statistics.median(rps):,.0f} [{min(rps):,.0f}-{max(rps):,.0f}] | {cpu:.1f} "
+              f"| {user:.2f} | {system:.2f} |")
