@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # guestgate benchmark (issues 5 and 13): one command.
 #
-#   bench/run.sh            full run (about 12 min of measuring, plus the builds:
-#                           about 14 min in all with a warm target dir, 18 from clean)
+#   bench/run.sh            full run (about 20 min of measuring, plus the builds:
+#                           about 21 min in all with a warm target dir, 27 from clean)
 #   QUICK=1 bench/run.sh    short run (~4-5 min once built)
 #
 # Installs what it needs (Debian: nginx, linux-perf (the profile section), libnginx-mod-http-js (njs),
