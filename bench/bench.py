@@ -56,6 +56,7 @@ MULTICORE = os.environ.get("MULTICORE", "1") == "1"
 MC_CONNS = [int(c) for c in os.environ.get("MC_CONNS", "32,256").split(",")]
 MC_WORKERS = 2
 NO_FLOOR = os.environ.get("NO_FLOOR", "0") == "1"
+# bench/run.sh's floor is bench/floor/bolt.sh's; the plain release build otherwise.
 FLOOR = os.environ.get("FLOOR_BIN", os.path.join(TARGET_DIR, "release/floor"))
 # The profile section: guestgate's `profiling` build (the release build with symbols) and
 # the floor under `perf record`, each at c=32 on core 1 (PROFILE=0 leaves it out).
@@ -717,7 +718,7 @@ def criterion():
 # ---------------------------------------------------------------- report
 
 def describe_binary(path):
-    """How the measured guestgate was built: linking, and whether BOLT laid it out."""
+    """How a measured binary (guestgate, the floor) was built: linking, and whether BOLT laid it out."""
     linked = "dynamic" if "program interpreter" in run_out(["readelf", "-lW", path]).stdout else "static"
     bolt = ", laid out by BOLT" if ".note.bolt_info" in run_out(["readelf", "-SW", path]).stdout else ""
     shown = os.path.relpath(path, ROOT) if os.path.abspath(path).startswith(ROOT + os.sep) else path
@@ -775,6 +776,7 @@ def machine_info():
         "rustc": first_line(["rustc", "--version"]),
         "guestgate": f"{commit}{' + uncommitted src changes' if dirty.strip() else ''}",
         "binary": describe_binary(GUESTGATE),
+        "floor_binary": "not measured (NO_FLOOR=1)" if NO_FLOOR else describe_binary(FLOOR),
         "python": platform.python_version(),
     }
 
@@ -899,7 +901,8 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     w("| | |")
     w("|---|---|")
     for k, label in (("cpu", "CPU"), ("cores", "cores"), ("mem", "memory"), ("os", "OS"), ("kernel", "kernel"),
-                     ("guestgate", "guestgate commit"), ("binary", "guestgate binary"), ("rustc", "rustc"), ("nginx", "nginx"),
+                     ("guestgate", "guestgate commit"), ("binary", "guestgate binary"),
+                     ("floor_binary", "floor binary"), ("rustc", "rustc"), ("nginx", "nginx"),
                      ("njs", "njs (libnginx-mod-http-js)"), ("lua", "libnginx-mod-http-lua"),
                      ("haproxy", "HAProxy"), ("wrk", "wrk"), ("oha", "oha")):
         w(f"| {label} | {info[k]} |")
@@ -941,7 +944,8 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     if NO_FLOOR:
         w("- The floor (bench/floor) was left out of this run (NO_FLOOR=1).")
     else:
-        w("- The floor (rows 8 to 12, `bench/floor`, built with `cargo build --release` by bench/run.sh): a "
+        w("- The floor (rows 8 to 12, `bench/floor`; bench/run.sh lays it out by BOLT like guestgate's binary "
+          "with `bench/floor/bolt.sh` unless FLOOR_BIN names another: see 'floor binary' above): a "
           "minimal hyper reverse proxy with no features (no routing, headers, logging, metrics or "
           "limits; the request body collected, the response streamed back), one `current_thread` tokio runtime "
           "on core 1 like the others, forwarding to the same shared upstream. "

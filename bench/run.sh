@@ -11,7 +11,7 @@
 # fixed-rate latency run), builds guestgate as the image ships it
 # (deploy/build-binary.sh: static glibc, laid out by BOLT; GUESTGATE_BIN=path
 # measures another build) and the floor (bench/floor, a minimal hyper proxy:
-# rows 8 to 12) into target/bench, then runs bench/bench.py, which starts everything on loopback,
+# rows 8 to 12; laid out by BOLT the same way, bench/floor/bolt.sh) into target/bench, then runs bench/bench.py, which starts everything on loopback,
 # measures, and writes bench/results/<date>-<host>.md (and prints it).
 #
 # Knobs (environment): QUICK=1, ROUNDS, DURATION (s), CONNS (e.g. 1,32,256),
@@ -21,7 +21,9 @@
 # PROFILE=0 (no profile section: perf on guestgate's profiling build and the
 # floor at c=32; PROFILE_SECS),
 # MC_CONNS (its concurrencies, default 32,256), NO_FLOOR=1 (do not build or
-# measure the floor rows), BENCH_PORT_BASE (default 18081, uses 15 ports),
+# measure the floor rows), FLOOR_BIN (another floor binary to measure, e.g. the
+# plain release build; by default bench/floor/bolt.sh lays it out with BOLT like guestgate's),
+# BENCH_PORT_BASE (default 18081, uses 15 ports),
 # CARGO_TARGET_DIR (default target/bench; builds and binaries both use it).
 set -euo pipefail
 
@@ -46,8 +48,10 @@ compgen -G '/usr/lib/*/lua/5.1/cjson.so' >/dev/null || missing+=(lua-cjson)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
-# deploy/build-binary.sh's BOLT (it installs it too, but only as root).
-[ -n "${GUESTGATE_BIN:-}" ] || [ -x /usr/lib/llvm-22/bin/llvm-bolt ] || missing+=(bolt-22)
+# BOLT for deploy/build-binary.sh (which installs it too, but only as root) and bench/floor/bolt.sh.
+if [ -z "${GUESTGATE_BIN:-}" ] || { [ "${NO_FLOOR:-0}" != 1 ] && [ -z "${FLOOR_BIN:-}" ]; }; then
+  [ -x /usr/lib/llvm-22/bin/llvm-bolt ] || missing+=(bolt-22)
+fi
 [ "${PROFILE:-1}" != 1 ] || command -v perf >/dev/null || missing+=(linux-perf)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bench: installing ${missing[*]}" >&2
@@ -73,9 +77,10 @@ if [ "${PROFILE:-1}" = 1 ]; then
   echo "bench: building guestgate (profiling: release with symbols) for the profile section" >&2
   cargo build --profile profiling --locked --bin guestgate >&2
 fi
-if [ "${NO_FLOOR:-0}" != 1 ]; then
-  echo "bench: building the floor (bench/floor, release) into $CARGO_TARGET_DIR" >&2
-  cargo build --release --locked --manifest-path "$ROOT/bench/floor/Cargo.toml" >&2
+if [ "${NO_FLOOR:-0}" != 1 ] && [ -z "${FLOOR_BIN:-}" ]; then
+  echo "bench: building the floor (bench/floor) laid out by BOLT like guestgate (bench/floor/bolt.sh)" >&2
+  FLOOR_BIN="$(bash "$ROOT/bench/floor/bolt.sh")"
+  export FLOOR_BIN
 fi
 if [ "${SKIP_CRITERION:-0}" != 1 ]; then
   cargo bench --locked --bench sanitize --no-run >&2
