@@ -2,8 +2,8 @@
 # guestgate benchmark (issues 5 and 13): one command.
 #
 #   bench/run.sh            full run (about 20 min of measuring, plus the builds:
-#                           about 21 min in all with a warm target dir, 27 from clean)
-#   QUICK=1 bench/run.sh    short run (~4-5 min once built)
+#                           about 23 min in all with a warm target dir, 29 from clean)
+#   QUICK=1 bench/run.sh    short run (~6-7 min once built)
 #
 # Installs what it needs (Debian: nginx, linux-perf (the profile section), libnginx-mod-http-js (njs),
 # libnginx-mod-http-echo, libnginx-mod-http-ndk + libnginx-mod-http-lua +
