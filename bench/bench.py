@@ -62,6 +62,10 @@ FLOOR = os.environ.get("FLOOR_BIN", os.path.join(TARGET_DIR, "release/floor"))
 # the floor under `perf record`, each at c=32 on core 1 (PROFILE=0 leaves it out).
 PROFILE = os.environ.get("PROFILE", "1") == "1"
 PROFILED = os.environ.get("PROFILED_BIN", os.path.join(TARGET_DIR, "profiling/guestgate"))
+# bench/ablation.py's build (HEAD with a switch per feature), which bench/run.sh
+# builds: the instructions section. ABLATION=0 leaves it out.
+ABLATION = os.environ.get("ABLATION", "1") == "1"
+ABLATION_BIN = os.environ.get("ABLATION_BIN", "")
 PROFILE_SECS = int(os.environ.get("PROFILE_SECS", "4" if QUICK else "6"))
 
 PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "18081"))
@@ -835,6 +839,46 @@ def cpu_cell(a):
     return f"{own}cores {a['core0']:.0f}/{a['core1']:.0f}{other}"
 
 
+def ablations():
+    """bench/ablation.py's counts, with this run's floor: {(conns, route, case): instructions}."""
+    if not ABLATION:
+        return {}, "ABLATION=0"
+    if not shutil.which("valgrind"):
+        return {}, "valgrind not installed"
+    if not ABLATION_BIN or not os.path.exists(ABLATION_BIN):
+        return {}, "ABLATION_BIN not built (bench/run.sh builds it)"
+    sys.path.insert(0, BENCH)
+    import ablation
+    if not os.path.exists(ablation.instructions.OHA):
+        return {}, "oha not installed"
+    floor = "" if NO_FLOOR else FLOOR
+    return ablation.measure(ABLATION_BIN, [32], floor, log=log), None
+
+
+def ablation_section(w, seen, note):
+    w("## Instructions per request: guestgate's features and the floor (cachegrind, c=32, same run)")
+    w("")
+    if not seen:
+        w(f"Not counted ({note}).")
+        w("")
+        return
+    sys.path.insert(0, BENCH)
+    import ablation
+    w("What the distance from the floor in the profile above is made of, counted rather than timed: the "
+      "user-space instructions a request costs (valgrind cachegrind, the difference between serving "
+      "10,000 and 2,000 requests over 32 connections, one worker) for guestgate built from this checkout "
+      "with `bench/ablation.patch` (a switch per feature, never merged; `bench/ablation.py`), with every "
+      "feature and without each, and for the floor with guestgate's pool design doing the same job. "
+      "The features are behaviour the tests pin: " + "; ".join(
+          f"{bit}: {name}" for bit, name in ablation.FEATURES) + ". A feature's cost is what "
+      "leaving it out saves; the rest of the distance is guestgate's request path beyond them. The kernel, "
+      "most of a request's CPU here, is not counted.")
+    w("")
+    for line in ablation.table(seen):
+        w(line)
+    w("")
+
+
 def profile_section(w, prof, note):
     w("## Profile (perf, c=32, same run)")
     w("")
@@ -883,7 +927,7 @@ def profile_section(w, prof, note):
 
 
 def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, load_before, load_after, elapsed,
-           prof=None, prof_note=None):
+           prof=None, prof_note=None, abl=None, abl_note=None):
     agg = aggregate(runs)
     mc = aggregate(mc_runs)
     keys = [t[0] for t in TARGETS]
@@ -1160,6 +1204,7 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
     w("")
 
     profile_section(w, prof or {}, prof_note)
+    ablation_section(w, abl or {}, abl_note)
     # targets of issue 13: ratios at c=32 and c=256 from this run
     w("## Targets (issue 13)")
     w("")
@@ -1418,6 +1463,7 @@ def main():
     runs = {}
     mc_runs = {}
     prof, prof_note = {}, "not run"
+    abl, abl_note = {}, "not run"
     fixed = {}
     fixed_rate = None
     try:
@@ -1458,6 +1504,8 @@ def main():
         servers.stop_all()
         log("profile section (perf)")
         prof, prof_note = profiles()
+        log("instructions section (cachegrind)")
+        abl, abl_note = ablations()
         if MULTICORE:
             log(f"multi-core section: {MC_WORKERS} workers, wrk on the same cores")
             mc_runs = multicore()
@@ -1474,14 +1522,15 @@ def main():
     now = datetime.datetime.now()
     cfg = {"date": now.strftime("%Y-%m-%d %H:%M")}
     md = report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, " ".join(load_before),
-                " ".join(load_after), time.time() - t_start, prof, prof_note)
+                " ".join(load_after), time.time() - t_start, prof, prof_note, abl, abl_note)
     name = f"{now.strftime('%Y-%m-%d')}-{info['host']}{'-quick' if QUICK else ''}.md"
     path = os.path.join(RESULTS, name)
     with open(path, "w") as f:
         f.write(md)
     raw = {"info": info, "runs": {f"{k}@{c}": v for (k, c), v in runs.items()},
            "multicore_runs": {f"{k}@{c}": v for (k, c), v in mc_runs.items()}, "fixed": fixed,
-           "fixed_rate": fixed_rate, "rss": rss, "profile": prof, "criterion": crit, "guestgate_after_load": gg_after}
+           "fixed_rate": fixed_rate, "rss": rss, "profile": prof, "criterion": crit, "guestgate_after_load": gg_after,
+           "instructions": {"@".join(map(str, k)): v for k, v in abl.items()}}
     with open(os.path.join(WORK, "last-run.json"), "w") as f:
         json.dump(raw, f, indent=1)
     print(md)

@@ -5,7 +5,7 @@
 #                           about 23 min in all with a warm target dir, 29 from clean)
 #   QUICK=1 bench/run.sh    short run (~6-7 min once built)
 #
-# Installs what it needs (Debian: nginx, linux-perf (the profile section), libnginx-mod-http-js (njs),
+# Installs what it needs (Debian: nginx, linux-perf (the profile section), valgrind (the instructions section), libnginx-mod-http-js (njs),
 # libnginx-mod-http-echo, libnginx-mod-http-ndk + libnginx-mod-http-lua +
 # lua-cjson (the nginx+lua row), haproxy, wrk; crates.io: oha for the
 # fixed-rate latency run), builds guestgate as the image ships it
@@ -19,7 +19,8 @@
 # PIN=0 (no core pinning), NJS_MODE=js_set|fetch, SKIP_CRITERION=1,
 # NO_OHA=1 (do not install oha), MULTICORE=0 (skip the 2-worker section),
 # PROFILE=0 (no profile section: perf on guestgate's profiling build and the
-# floor at c=32; PROFILE_SECS),
+# floor at c=32; PROFILE_SECS), ABLATION=0 (no instructions section: valgrind
+# counts what each of guestgate's features costs, bench/ablation.py),
 # MC_CONNS (its concurrencies, default 32,256), NO_FLOOR=1 (do not build or
 # measure the floor rows), FLOOR_BIN (another floor binary to measure, e.g. the
 # plain release build; by default bench/floor/bolt.sh lays it out with BOLT like guestgate's),
@@ -53,6 +54,7 @@ if [ -z "${GUESTGATE_BIN:-}" ] || { [ "${NO_FLOOR:-0}" != 1 ] && [ -z "${FLOOR_B
   [ -x /usr/lib/llvm-22/bin/llvm-bolt ] || missing+=(bolt-22)
 fi
 [ "${PROFILE:-1}" != 1 ] || command -v perf >/dev/null || missing+=(linux-perf)
+[ "${ABLATION:-1}" != 1 ] || command -v valgrind >/dev/null || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bench: installing ${missing[*]}" >&2
   $SUDO apt-get update -qq
@@ -76,6 +78,11 @@ fi
 if [ "${PROFILE:-1}" = 1 ]; then
   echo "bench: building guestgate (profiling: release with symbols) for the profile section" >&2
   cargo build --profile profiling --locked --bin guestgate >&2
+fi
+if [ "${ABLATION:-1}" = 1 ] && [ -z "${ABLATION_BIN:-}" ]; then
+  echo "bench: building guestgate with bench/ablation.patch (a switch per feature) for the instructions section" >&2
+  ABLATION_BIN="$(python3 "$ROOT/bench/ablation.py" --build)"
+  export ABLATION_BIN
 fi
 if [ "${NO_FLOOR:-0}" != 1 ] && [ -z "${FLOOR_BIN:-}" ]; then
   echo "bench: building the floor (bench/floor) laid out by BOLT like guestgate (bench/floor/bolt.sh)" >&2
