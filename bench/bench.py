@@ -845,6 +845,8 @@ def ablations():
         return {}, "ABLATION=0"
     if not shutil.which("valgrind"):
         return {}, "valgrind not installed"
+    if ABLATION_BIN.startswith("failed: "):
+        return {}, ABLATION_BIN[len("failed: "):]
     if not ABLATION_BIN or not os.path.exists(ABLATION_BIN):
         return {}, "ABLATION_BIN not built (bench/run.sh builds it)"
     sys.path.insert(0, BENCH)
@@ -1249,10 +1251,22 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         """Of the floors doing guestgate row `key`'s job, the one with the most req/s at `c`."""
         return max(FLOOR_OF[key], key=lambda f: at(f, c) or 0)
 
-    def bound(met, pairs, thr, floor, own=()):
+    def features(route):
+        """What guestgate's features are of its instructions beyond the floor at c=32 (the
+        instructions section), or ""."""
+        every = (abl or {}).get((32, route, "every feature"))
+        floor = (abl or {}).get((32, route, "floor"))
+        if every is None or floor is None or every <= floor:
+            return ""
+        saved = every - abl[(32, route, "without all of them")]
+        return (f"; at c=32 its features are {saved:,.0f} of the {every - floor:,.0f} instructions a request "
+                f"it runs beyond the floor ({saved / (every - floor):.0%}; the instructions section)")
+
+    def bound(met, pairs, thr, floor, own=(), route=None):
         """The floor's own ratio for an unmet throughput target (pairs: [(name, floor ratio or None)]);
         `floor` names the floor, or is None when the pairs name theirs; `own` gives guestgate's
-        req/s against that floor where the floor meets the target, the distance that is guestgate's."""
+        req/s against that floor where the floor meets the target, the distance that is guestgate's,
+        and `route` what its features are of it."""
         if NO_FLOOR:
             return ""
         if met == "yes":
@@ -1276,6 +1290,8 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         gaps = [f"{n}: {fmt_ratio(v)}" for n, v in own if n in above and v is not None]
         if gaps:
             verdict += f"; guestgate reaches {', '.join(gaps)} of the floor's req/s"
+            if route and any(g.startswith("c=32") for g in gaps):
+                verdict += features(route)
         return f" {txt} ({verdict}) |"
 
     for name, a, b, thr in (
@@ -1290,7 +1306,8 @@ def report(info, cfg, runs, mc_runs, fixed, fixed_rate, rss, crit, refusals, loa
         w(f"| {name} | {txt} | {met} |"
           + bound(met, [(f"c={c} ({FLOOR_MODE[f]})", ratio(at(f, c), at(b, c))) for c, f in floors], thr, None,
                   [(f"c={c} ({FLOOR_MODE[f]})", ratio(at(a, c), at(f, c)))
-                   for (c, f), (_n, v) in zip(floors, results) if v is not None and v < thr]))
+                   for (c, f), (_n, v) in zip(floors, results) if v is not None and v < thr],
+                  "intercepted" if a == "gg_msg" else "pass-through"))
     txt, met = judge13([(route, ratio(at(k, 256), at(k, 32))) for k, route in
                         (("gg_msg", "intercepted"), ("gg_pass", "pass-through"))], 0.9)
     w(f"| guestgate c=256 req/s ≥ 0.9x its own c=32 | {txt} | {met} |"
