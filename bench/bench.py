@@ -857,12 +857,19 @@ def ablations():
     return ablation.measure(ABLATION_BIN, [32], floor, log=log), None
 
 
-def ablation_section(w, seen, note):
-    w("## Instructions per request: guestgate's features and the floor (cachegrind, c=32, same run)")
+def section(w, title, shown, missing):
+    """A section's title, then `missing` when it has nothing to show (`shown` empty); whether it has."""
+    w(title)
     w("")
-    if not seen:
-        w(f"Not counted ({note}).")
+    if not shown:
+        w(missing)
         w("")
+    return bool(shown)
+
+
+def ablation_section(w, seen, note):
+    if not section(w, "## Instructions per request: guestgate's features and the floor (cachegrind, c=32, "
+                   "same run)", seen, f"Not counted ({note})."):
         return
     sys.path.insert(0, BENCH)
     import ablation
@@ -882,11 +889,7 @@ def ablation_section(w, seen, note):
 
 
 def profile_section(w, prof, note):
-    w("## Profile (perf, c=32, same run)")
-    w("")
-    if not prof:
-        w(f"Not profiled ({note}).")
-        w("")
+    if not section(w, "## Profile (perf, c=32, same run)", prof, f"Not profiled ({note})."):
         return
     w(f"`perf record -F 999` (self time, no call graphs) on the server's process for {PROFILE_SECS} s of wrk at "
       "c=32, each server alone on core 1 (the upstream, wrk and perf on core 0). guestgate is its `profiling` "
