@@ -90,9 +90,7 @@ def build():
 def count(binary, work, path, conns, mask):
     """Instructions per request of one case (`binary` None: the floor)."""
     os.environ["GUESTGATE_ABLATE"] = str(mask)
-    few = instructions.instructions(binary, work, path, instructions.FEW, conns)
-    many = instructions.instructions(binary, work, path, instructions.MANY, conns)
-    return (many - few) / (instructions.MANY - instructions.FEW)
+    return instructions.per_request(binary, work, path, conns)
 
 
 def cases(route):
@@ -161,7 +159,7 @@ def main():
         raise SystemExit(__doc__)
     seen = measure(build())
     rules.report([
-        f"User-space instructions per request (valgrind cachegrind, Ir) of HEAD built with "
+        f"User-space instructions per request (valgrind cachegrind, Ir) of the checkout built with "
         f"bench/ablation.patch, one worker, ({instructions.MANY} - {instructions.FEW}) requests "
         "per case; a feature's cost is what leaving it out saves. The floor is bench/floor with "
         "guestgate's pool design (`lifo`, `edit-lifo`) doing the same job.",

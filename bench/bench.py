@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+import ablation  # the instructions section (bench/ablation.py, beside this file)
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 
@@ -62,7 +64,7 @@ FLOOR = os.environ.get("FLOOR_BIN", os.path.join(TARGET_DIR, "release/floor"))
 # the floor under `perf record`, each at c=32 on core 1 (PROFILE=0 leaves it out).
 PROFILE = os.environ.get("PROFILE", "1") == "1"
 PROFILED = os.environ.get("PROFILED_BIN", os.path.join(TARGET_DIR, "profiling/guestgate"))
-# bench/ablation.py's build (HEAD with a switch per feature), which bench/run.sh
+# bench/ablation.py's build (the checkout with a switch per feature), which bench/run.sh
 # builds: the instructions section. ABLATION=0 leaves it out.
 ABLATION = os.environ.get("ABLATION", "1") == "1"
 ABLATION_BIN = os.environ.get("ABLATION_BIN", "")
@@ -849,8 +851,6 @@ def ablations():
         return {}, ABLATION_BIN[len("failed: "):]
     if not ABLATION_BIN or not os.path.exists(ABLATION_BIN):
         return {}, "ABLATION_BIN not built (bench/run.sh builds it)"
-    sys.path.insert(0, BENCH)
-    import ablation
     if not os.path.exists(ablation.instructions.OHA):
         return {}, "oha not installed"
     floor = "" if NO_FLOOR else FLOOR
@@ -871,8 +871,6 @@ def ablation_section(w, seen, note):
     if not section(w, "## Instructions per request: guestgate's features and the floor (cachegrind, c=32, "
                    "same run)", seen, f"Not counted ({note})."):
         return
-    sys.path.insert(0, BENCH)
-    import ablation
     w("What the distance from the floor in the profile above is made of, counted rather than timed: the "
       "user-space instructions a request costs (valgrind cachegrind, the difference between serving "
       "10,000 and 2,000 requests over 32 connections, one worker) for guestgate built from this checkout "

@@ -105,6 +105,14 @@ def instructions(binary, work, path, requests, conns):
     return int(summary.group(1))
 
 
+def per_request(binary, work, path, conns):
+    """Ir per request of one proxy (the floor when `binary` is None): FEW and then
+    MANY requests, each in a process of its own, and the difference per request."""
+    few = instructions(binary, work, path, FEW, conns)
+    many = instructions(binary, work, path, MANY, conns)
+    return (many - few) / (MANY - FEW)
+
+
 def main():
     builds, out = rules.builds_and_out(sys.argv[1:], __doc__)
     if MANY <= FEW:
@@ -121,9 +129,7 @@ def main():
             cases.insert(i + 1, (round_, conns, route, path, FLOOR_NAME, None))
     try:
         for round_, conns, route, path, name, binary in cases:
-            few = instructions(binary, work, path, FEW, conns)
-            many = instructions(binary, work, path, MANY, conns)
-            per = (many - few) / (MANY - FEW)
+            per = per_request(binary, work, path, conns)
             seen.setdefault((conns, route, name), []).append(per)
             print(f"round {round_} c={conns} {route:12} {name:10} "
                   f"{per:10.0f} instructions/request", flush=True)
