@@ -35,8 +35,8 @@ futures and boxes, the clock reads), spread over many small costs
 Counts, not the wall clock: the differences are a few hundred instructions
 each, below what this kind of machine's run-to-run spread resolves (bench/ab.py
 with a control shows it). Needs valgrind, nginx, oha and git; about 2 min to
-build (into $CARGO_TARGET_DIR/ablation, target/bench/ablation by default) and
-about 4 min to count.
+build (into ABLATION_TARGET_DIR, by default $CARGO_TARGET_DIR/ablation or
+target/bench/ablation) and about 4 min to count.
 """
 
 import os

@@ -20,7 +20,8 @@
 # NO_OHA=1 (do not install oha), MULTICORE=0 (skip the 2-worker section),
 # PROFILE=0 (no profile section: perf on guestgate's profiling build and the
 # floor at c=32; PROFILE_SECS), ABLATION=0 (no instructions section: valgrind
-# counts what each of guestgate's features costs, bench/ablation.py),
+# counts what each of guestgate's features costs, bench/ablation.py; ABLATION_BIN
+# measures another build of bench/ablation.patch, ABLATION_TARGET_DIR is where it builds),
 # MC_CONNS (its concurrencies, default 32,256), NO_FLOOR=1 (do not build or
 # measure the floor rows), FLOOR_BIN (another floor binary to measure, e.g. the
 # plain release build; by default bench/floor/bolt.sh lays it out with BOLT like guestgate's),
